@@ -1,0 +1,229 @@
+"""`MMR1Config`: the one config object of a run (design decision 2).
+
+It subclasses `trl.GRPOConfig`, so every TRL knob (loss type, clipping, vLLM, batching) keeps its TRL name, and adds
+MMR1's knobs with MMR1's names plus the run's own fields. Defaults are sized for a CPU smoke run on the tiny model.
+Every field and every cross-field rule is checked in `__post_init__`, before any model loads, and errors name the
+field. Build it from a dict (papermill parameters), a YAML preset, or the command line.
+"""
+
+import difflib
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+from trl import GRPOConfig
+
+
+KL_APPROXIMATORS = ("k1", "k2", "k3", "exact", "kimifull")
+KL_ALIASES = {"kimikl": "k2", "kimi": "k2", "fullkimi": "kimifull"}  # MMR1's spellings (README and code disagreed)
+TEMPERATURE_FUNCS = ("constant", "linear", "cosine")
+ORDERS = ("random", "sequential", "curriculum", "reverse_curriculum")
+
+
+def _use_cpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+@dataclass
+class MMR1Config(GRPOConfig):
+    r"""
+    Configuration of an mmr1kit GRPO run: `trl.GRPOConfig` plus MMR1's knobs and the run's own fields.
+
+    > Parameters of the run:
+
+    model_name_or_path (`str`, defaults to `"tiny"`): A checkpoint path or hub id, or `"tiny"` / `"tiny-llava"`
+        for mmr1kit's offline tiny models (built once, then cached).
+    dataset (`str`, defaults to `"data_cards/synthetic_counting.md"`): A data card, JSON / JSONL file or folder.
+    run_dir (`str`, defaults to `"runs/default"`): The run folder; `output_dir` defaults to `<run_dir>/checkpoints`.
+
+    > MMR1's parameters (same names, see `docs/metrics.md` for the formulas):
+
+    use_kl, kl_approximator, entropy_reg, entropy_weight, temperature_func, temperature_begin, temperature_end,
+    order_dataset, reward_funcs, reward_scale, no_mean_for_same_reward, train_sample_size, system_prompt_template,
+    question_template, answer_template, min_pixels, max_pixels.
+    """
+
+    # Run
+    model_name_or_path: str = field(default="tiny", metadata={"help": "Checkpoint path / hub id, or 'tiny'."})
+    dataset: str = field(default="data_cards/synthetic_counting.md", metadata={"help": "Card, file or folder."})
+    eval_split: str = field(default="test", metadata={"help": "Held-out split used for evaluation."})
+    run_dir: str = field(default="runs/default", metadata={"help": "Run folder (records, checkpoints, report)."})
+    on_bad_example: str = field(default="error", metadata={"help": "'error' or 'skip' bad dataset rows."})
+
+    # MMR1: KL
+    use_kl: bool = field(default=True, metadata={"help": "Add beta * KL to the loss (KL is logged either way)."})
+    kl_approximator: str = field(
+        default="k3", metadata={"help": "KL in the loss: k1, k2 (kimikl), k3, exact, kimifull (fullkimi)."}
+    )
+    # MMR1: entropy
+    entropy_reg: bool = field(default=False, metadata={"help": "Add entropy_weight * (-H) to the loss."})
+    entropy_weight: float = field(
+        default=0.01, metadata={"help": "Positive pushes entropy up, negative down (MMR1's sign convention)."}
+    )
+    # MMR1: sampling temperature schedule
+    temperature_func: str = field(default="constant", metadata={"help": "constant, linear or cosine."})
+    temperature_begin: float = field(default=0.1, metadata={"help": "Temperature at step 0 (linear / cosine)."})
+    temperature_end: float = field(default=1.0, metadata={"help": "Temperature at the last step (linear / cosine)."})
+    # MMR1: data
+    order_dataset: str = field(
+        default="random", metadata={"help": "random, sequential, curriculum or reverse_curriculum."}
+    )
+    train_sample_size: int | None = field(default=None, metadata={"help": "Seeded random subset of the train split."})
+    system_prompt_template: str = field(default="default", metadata={"help": "Template key or literal prompt."})
+    question_template: str = field(default="default", metadata={"help": "Template key or text with {question}."})
+    answer_template: str = field(default="default", metadata={"help": "Template key or text with {answer}."})
+    min_pixels: int = field(default=56 * 56, metadata={"help": "Lower bound of image pixels after resizing."})
+    max_pixels: int = field(default=112 * 112, metadata={"help": "Upper bound of image pixels after resizing."})
+    # MMR1: rewards and advantages
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["accuracy", "format"], metadata={"help": "Names in mmr1kit.rewards.REWARDS."}
+    )
+    reward_scale: float = field(default=1.0, metadata={"help": "Multiplies the summed reward before the advantage."})
+    no_mean_for_same_reward: bool = field(
+        default=False, metadata={"help": "Do not centre groups whose rewards are all equal; clip advantages to [-1, 1]."}
+    )
+
+    # TRL defaults changed for a CPU smoke run on the tiny model (TRL's are sized for GPUs).
+    output_dir: str | None = field(default=None, metadata={"help": "Defaults to <run_dir>/checkpoints."})
+    seed: int = field(default=0, metadata={"help": "Seed of data order, sampling and initialisation."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "Tiny models need far more than TRL's 1e-6."})
+    lr_scheduler_type: str = field(default="constant_with_warmup", metadata={"help": "LR schedule."})
+    warmup_steps: float = field(default=5, metadata={"help": "Linear warm-up steps."})
+    max_steps: int = field(default=20, metadata={"help": "Optimizer steps."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Completions (not prompts) per device."})
+    num_generations: int | None = field(default=4, metadata={"help": "Completions per prompt (the group size G)."})
+    max_completion_length: int | None = field(default=16, metadata={"help": "Max new tokens per completion."})
+    loss_type: str = field(default="grpo", metadata={"help": "TRL loss type; MMR1 used grpo."})
+    beta: float = field(default=0.04, metadata={"help": "KL weight; 0 means no reference model and no KL logs."})
+    logging_steps: float = field(default=1, metadata={"help": "Log every step."})
+    save_strategy: str = field(default="steps", metadata={"help": "Checkpointing strategy."})
+    save_steps: float = field(default=50, metadata={"help": "Checkpoint every N steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "tensorboard, wandb, trackio, none."})
+    bf16: bool = field(default=False, metadata={"help": "bf16 is 5x slower on CPU."})
+    gradient_checkpointing: bool | None = field(default=False, metadata={"help": "Recompute activations (GPU memory)."})
+    use_cpu: bool = field(default_factory=_use_cpu, metadata={"help": "Train on the CPU (auto: no CUDA)."})
+
+    def __post_init__(self):
+        self._check_fields()
+        if self.output_dir is None:
+            self.output_dir = str(Path(self.run_dir) / "checkpoints")
+        try:
+            super().__post_init__()
+        except ValueError as e:
+            raise ValueError(f"MMR1Config: {e}") from None
+
+    def _check_fields(self):
+        def bad(name, message):
+            raise ValueError(f"MMR1Config.{name}={getattr(self, name)!r}: {message}")
+
+        self.kl_approximator = KL_ALIASES.get(self.kl_approximator, self.kl_approximator)
+        if self.kl_approximator not in KL_APPROXIMATORS:
+            bad("kl_approximator", f"expected one of {KL_APPROXIMATORS} or MMR1's aliases {sorted(KL_ALIASES)}")
+        if self.temperature_func not in TEMPERATURE_FUNCS:
+            bad("temperature_func", f"expected one of {TEMPERATURE_FUNCS}")
+        for name in ("temperature_begin", "temperature_end", "temperature"):
+            if not getattr(self, name) > 0:
+                bad(name, "a sampling temperature must be > 0")
+        if self.order_dataset not in ORDERS:
+            bad("order_dataset", f"expected one of {ORDERS}")
+        if self.on_bad_example not in ("error", "skip"):
+            bad("on_bad_example", "expected 'error' or 'skip'")
+        if self.train_sample_size is not None and self.train_sample_size < 1:
+            bad("train_sample_size", "must be a positive number of rows (or None for all)")
+        if not 0 < self.min_pixels <= self.max_pixels:
+            bad("min_pixels", f"need 0 < min_pixels <= max_pixels (max_pixels={self.max_pixels})")
+        if self.beta < 0:
+            bad("beta", "must be >= 0")
+        if self.use_kl and self.beta == 0 and self.kl_approximator != "k3":
+            bad("beta", f"use_kl with kl_approximator={self.kl_approximator!r} needs beta > 0 (the KL weight)")
+        if isinstance(self.reward_funcs, str):
+            self.reward_funcs = [r.strip() for r in self.reward_funcs.split(",") if r.strip()]
+        if not self.reward_funcs:
+            bad("reward_funcs", "at least one reward function is needed")
+        from mmr1kit.rewards import get_reward_funcs
+
+        try:
+            get_reward_funcs(self.reward_funcs)
+        except ValueError as e:
+            bad("reward_funcs", str(e))
+        from mmr1kit.data import templates
+
+        for name in ("system_prompt_template", "question_template", "answer_template"):
+            try:
+                templates.resolve(name, getattr(self, name))
+            except ValueError as e:
+                bad(name, str(e))
+        if self.num_generations < 2:
+            bad("num_generations", "GRPO needs at least 2 completions per prompt")
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        steps = self.steps_per_generation or self.gradient_accumulation_steps
+        per_step = self.generation_batch_size or self.per_device_train_batch_size * world * steps
+        if per_step % self.num_generations:
+            g = self.num_generations
+            batch = next(b for b in range(self.per_device_train_batch_size, self.per_device_train_batch_size + g + 1)
+                         if (b * world * steps) % g == 0)
+            valid = [d for d in range(2, per_step + 1) if per_step % d == 0]
+            bad(
+                "num_generations",
+                f"the global number of completions per generation step ({per_step} = per_device_train_batch_size "
+                f"{self.per_device_train_batch_size} x {world} process(es) x {steps} step(s) per generation) must be "
+                f"divisible by num_generations; use per_device_train_batch_size={batch}, or num_generations in {valid}",
+            )
+
+    # --- constructors -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in fields(cls) if f.init}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "MMR1Config":
+        """Build from a flat dict (papermill parameters, a YAML preset); unknown names raise `ValueError`."""
+        unknown = sorted(set(values) - cls.field_names())
+        if unknown:
+            hints = {u: difflib.get_close_matches(u, cls.field_names(), n=2) for u in unknown}
+            said = "; ".join(f"{u!r}" + (f" (did you mean {' or '.join(h)}?)" if h else "") for u, h in hints.items())
+            raise ValueError(f"MMR1Config: unknown field(s) {said}")
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path, **overrides) -> "MMR1Config":
+        """Build from a YAML preset (a flat mapping of field names), with keyword overrides on top."""
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: a preset is a mapping of MMR1Config fields, got {type(values).__name__}")
+        values.pop("base", None)
+        return cls.from_dict({**values, **overrides})
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None) -> "MMR1Config":
+        """Build from the command line: `[PRESET.yaml] [--field value ...]` (HfArgumentParser types the values)."""
+        from transformers import HfArgumentParser
+
+        argv = list(argv or [])
+        defaults = {}
+        if argv and argv[0].endswith((".yaml", ".yml")):
+            defaults = yaml.safe_load(Path(argv.pop(0)).read_text()) or {}
+            unknown = sorted(set(defaults) - cls.field_names())
+            if unknown:
+                raise ValueError(f"MMR1Config: unknown field(s) in preset: {unknown}")
+        parser = HfArgumentParser(cls)
+        parser.set_defaults(**defaults)
+        (config, rest) = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        if rest:
+            raise ValueError(f"MMR1Config: unknown command-line argument(s) {rest}")
+        return config
+
+    def to_dict(self) -> dict:
+        """The resolved config as plain JSON-able values (written to the run folder)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name.endswith("_token") or f.name.startswith("_"):
+                continue
+            out[f.name] = value if isinstance(value, (int, float, str, bool, list, dict, type(None))) else str(value)
+        return out

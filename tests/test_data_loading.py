@@ -1,0 +1,134 @@
+import json
+import pytest
+from PIL import Image
+
+from mmr1kit.data import DatasetError, load_dataset, read_card
+
+
+def _write(tmp_path, rows, name="train.json", jsonl=False):
+    path = tmp_path / name
+    path.write_text("\n".join(json.dumps(r) for r in rows) if jsonl else json.dumps(rows))
+    return path
+
+
+@pytest.fixture
+def image_dir(tmp_path):
+    Image.new("RGB", (64, 48), "white").save(tmp_path / "ok.png")
+    return tmp_path
+
+
+def test_loads_mmr1_json_into_trl_columns(counting_dir):
+    ds = load_dataset(counting_dir / "train.json")
+    assert len(ds) == 64
+    assert {"prompt", "image", "image_path", "solution", "id", "task", "count"} <= set(ds.column_names)
+    row = ds[0]
+    assert row["prompt"] == [{"role": "user", "content": row["problem"]}]
+    assert row["image"].size == (112, 112)  # decoded lazily to PIL by datasets.Image
+    assert row["solution"] == str(row["count"])
+
+
+def test_folder_split_and_templates(counting_dir):
+    ds = load_dataset(counting_dir, split="test", system_prompt_template="r1v", question_template="r1v",
+                      answer_template="r1v")
+    row = ds[0]
+    assert row["prompt"][0]["role"] == "system" and "<think>" in row["prompt"][0]["content"]
+    assert row["prompt"][1]["content"].endswith("final answer (number) in <answer> </answer> tags.")
+    assert row["solution"] == f"<answer> {row['count']} </answer>"  # MMR1's r1v answer template
+
+
+def test_config_supplies_templates_and_sample_size(counting_dir):
+    from mmr1kit.config import MMR1Config
+
+    config = MMR1Config(train_sample_size=10, seed=1, system_prompt_template="default")
+    a = load_dataset(counting_dir, "train", config)
+    b = load_dataset(counting_dir, "train", config)
+    c = load_dataset(counting_dir, "train", config, seed=2)
+    assert len(a) == 10 and a["id"] == b["id"] and a["id"] != c["id"]  # seeded random subset, reproducible
+    assert a["id"] == sorted(a["id"])  # kept in file order
+    assert a[0]["prompt"][0] == {"role": "system", "content": "You are a helpful assistant. "}
+
+
+def test_jsonl_and_hf_datasets_folder(image_dir, tmp_path):
+    rows = [{"problem": "How many?", "solution": 2, "image": "ok.png", "id": f"r{i}"} for i in range(3)]
+    jsonl = _write(image_dir, rows, "data.jsonl", jsonl=True)
+    ds = load_dataset(jsonl)
+    assert ds["solution"] == ["2", "2", "2"]
+    import datasets
+
+    embedded = [{**r, "image": Image.open(image_dir / "ok.png")} for r in rows]  # images stored as bytes
+    datasets.Dataset.from_list(embedded).save_to_disk(str(tmp_path / "hf"))
+    ds = load_dataset(tmp_path / "hf")
+    assert len(ds) == 3 and ds[0]["image"].size == (64, 48) and ds[0]["image_path"].endswith("hf#1")
+
+
+def test_card_generates_and_loads(tmp_path):
+    from pathlib import Path
+
+    card = Path(__file__).resolve().parent.parent / "data_cards" / "synthetic_counting.md"
+    meta = read_card(card)
+    assert meta["mmr1kit"]["task"] == "counting"
+    small = tmp_path / "card.md"
+    text = card.read_text().replace("{train: 4000, test: 500}", "{train: 16, test: 8}")
+    small.write_text(text)
+    assert len(load_dataset(small, "test")) == 8
+
+
+@pytest.mark.parametrize(
+    "row, field, message",
+    [
+        ({"solution": "1", "image": "ok.png"}, "problem", "missing field"),  # no problem
+        ({"problem": "", "solution": "1", "image": "ok.png"}, "problem", "non-empty"),  # empty problem
+        ({"problem": "q", "solution": None, "image": "ok.png"}, "solution", "string or a number"),  # wrong type
+        ({"problem": "q", "solution": "1", "image": 7}, "image", "path"),  # not a path
+        ({"problem": "q", "solution": "1", "image": "missing.png"}, "image", "looked for"),  # no such file
+        ({"problem": "q", "solution": "1", "image": "../../etc/passwd"}, "image", "escapes"),  # outside the root
+        ({"problem": "q", "solution": "x", "image": "ok.png", "task": "grounding"}, "solution", "grounding"),
+    ],
+)
+def test_bad_rows_name_file_row_field_value(image_dir, row, field, message):
+    good = {"problem": "q", "solution": "1", "image": "ok.png", "id": "good"}
+    path = _write(image_dir, [good, row])
+    with pytest.raises(DatasetError, match=message) as info:
+        load_dataset(path)
+    err = info.value
+    assert isinstance(err, ValueError)
+    assert (err.file, err.row, err.field) == (str(path), 2, field)
+    assert str(path) in str(err) and "row 2" in str(err)
+
+
+def test_missing_image_names_the_path_it_looked_for(image_dir):
+    path = _write(image_dir, [{"problem": "q", "solution": "1", "image": "sub/nope.png"}])
+    with pytest.raises(DatasetError, match=str(image_dir / "sub" / "nope.png")):
+        load_dataset(path)
+
+
+def test_corrupt_image_and_duplicate_id(image_dir):
+    (image_dir / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    rows = [
+        {"problem": "q", "solution": "1", "image": "bad.png", "id": "a"},
+        {"problem": "q", "solution": "1", "image": "ok.png", "id": "b"},
+        {"problem": "q", "solution": "1", "image": "ok.png", "id": "b"},
+    ]
+    path = _write(image_dir, rows)
+    with pytest.raises(DatasetError, match="not a readable image"):
+        load_dataset(path)
+    ds = load_dataset(path, on_bad_example="skip")
+    assert ds["id"] == ["b"]
+    assert set(ds.bad_examples) == {"bad_image", "bad_id"}
+    (file, row, message), = ds.bad_examples["bad_id"]
+    assert (file, row) == (str(path), 3) and "duplicate id" in message
+
+
+def test_invalid_json_lines(image_dir):
+    path = image_dir / "d.jsonl"
+    path.write_text('{"problem": "q", "solution": "1", "image": "ok.png"}\n{"problem": "q", "sol\n')
+    with pytest.raises(DatasetError, match="row 2.*invalid JSON"):
+        load_dataset(path)
+    assert len(load_dataset(path, on_bad_example="skip")) == 1
+
+
+def test_nothing_there(tmp_path):
+    with pytest.raises(DatasetError, match="no such file"):
+        load_dataset(tmp_path / "nope.json")
+    with pytest.raises(DatasetError, match="expected train.json"):
+        load_dataset(tmp_path)

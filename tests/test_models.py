@@ -1,0 +1,79 @@
+import json
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from mmr1kit import models
+
+
+MESSAGES = [
+    {
+        "role": "user",
+        "content": [{"type": "image"}, {"type": "text", "text": "How many red circles are there?"}],
+    }
+]
+
+
+@pytest.mark.parametrize("fixture", ["qwen_path", "llava_path"])
+def test_built_model_reloads_with_auto_classes_and_generates(fixture, request):
+    path = request.getfixturevalue(fixture)
+    processor = AutoProcessor.from_pretrained(path)
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    assert model.config.model_type == ("qwen2_5_vl" if fixture == "qwen_path" else "llava")
+    image = Image.new("RGB", (112, 112), "white")
+    inputs = processor.apply_chat_template(
+        [[{**MESSAGES[0], "content": [{"type": "image", "image": image}, MESSAGES[0]["content"][1]]}]],
+        add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+    )
+    image_token = model.config.image_token_id if fixture == "qwen_path" else model.config.image_token_index
+    assert (inputs["input_ids"] == image_token).sum() > 0  # the image really reaches the model
+    out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_tokenizer_roundtrip_is_lossless_and_specials_are_single_tokens(qwen_path):
+    tok = AutoProcessor.from_pretrained(qwen_path).tokenizer
+    text = 'Héllo <think>two</think><answer>3</answer> [1, 2, 30, 44] {"bbox_2d": [5]} ✓ \x00'
+    assert tok.decode(tok(text)["input_ids"]) == text  # byte-level BPE: any string survives, no unknown token
+    for special in ("<|im_end|>", "<|image_pad|>", "<|vision_start|>", "<|box_start|>"):
+        assert len(tok(special)["input_ids"]) == 1
+
+
+def test_build_is_deterministic_per_seed(tmp_path):
+    a = models.build_tiny_vlm(tmp_path / "a", seed=3, hidden_size=32, vision_hidden_size=32)
+    b = models.build_tiny_vlm(tmp_path / "b", seed=3, hidden_size=32, vision_hidden_size=32)
+    c = models.build_tiny_vlm(tmp_path / "c", seed=4, hidden_size=32, vision_hidden_size=32)
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    assert (a / "model.safetensors").read_bytes() != (c / "model.safetensors").read_bytes()
+    assert json.loads((a / "mmr1kit_build.json").read_text())["initializer_range"] == 0.1
+
+
+def test_cache_builds_once(qwen_path):
+    stamp = (qwen_path / "model.safetensors").stat().st_mtime_ns
+    again = models.tiny_vlm(arch="qwen2_5_vl", hidden_size=64, vision_hidden_size=32)
+    assert again == qwen_path and (again / "model.safetensors").stat().st_mtime_ns == stamp
+    other = models.tiny_vlm(arch="qwen2_5_vl", hidden_size=64, vision_hidden_size=32, seed=1)
+    assert other != qwen_path  # the key covers every build parameter
+
+
+def test_unknown_size_and_arch_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="hidden"):
+        models.build_tiny_vlm(tmp_path / "x", hiden_size=8)
+    with pytest.raises(ValueError, match="arch"):
+        models.build_tiny_vlm(tmp_path / "x", arch="gpt2")
+
+
+def test_load_processor_sets_pixel_bounds(qwen_path):
+    processor = models.load_processor(qwen_path, min_pixels=28 * 28, max_pixels=56 * 56)
+    size = processor.image_processor.size
+    assert (size["shortest_edge"], size["longest_edge"]) == (28 * 28, 56 * 56)
+    out = processor.image_processor(images=[Image.new("RGB", (112, 112))], return_tensors="pt")
+    assert out["image_grid_thw"].tolist() == [[1, 4, 4]]  # 112x112 resized down to 56x56 = 4x4 patches
+
+
+def test_load_policy_dispatches_on_config_not_name(llava_path, tmp_path):
+    renamed = tmp_path / "Qwen2.5-VL-looks-like-qwen"
+    renamed.symlink_to(llava_path)
+    assert type(models.load_policy(renamed, dtype=torch.float32)).__name__ == "LlavaForConditionalGeneration"
