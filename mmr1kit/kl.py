@@ -1,0 +1,307 @@
+r"""KL estimators, exact full-vocabulary KL, the Kimi k1.5 surrogate loss and group advantages.
+
+All functions are pure tensor functions. Shapes: `B` completions, `T` completion tokens, `V` vocabulary size,
+`N = B` rewards (one per completion, `num_generations` consecutive completions per prompt).
+
+Sampled-token estimators of `KL(pi_theta || pi_ref)` (Schulman, "Approximating KL divergence", 2020). The tokens are
+sampled from `pi_theta` (the policy); `logp` and `ref_logp` are the log-probs of those tokens under the policy and
+the reference. With `r = pi_ref(y) / pi_theta(y) = exp(ref_logp - logp)`:
+
+| name | formula                               | MMR1 flag          | E_{pi_theta}[.]                    |
+|------|---------------------------------------|--------------------|------------------------------------|
+| k1   | `logp - ref_logp`  (= -log r)         | `k1`               | KL (unbiased, high variance, < 0 possible) |
+| k2   | `0.5 * (logp - ref_logp) ** 2`        | `kimikl`, `kimi`   | KL + O(KL^{3/2}) (biased, >= 0)    |
+| k3   | `r - log r - 1`                       | `k3` (TRL's GRPO)  | KL (unbiased, >= 0, low variance)  |
+
+Differences from MMR1 (see `mmr1-spec.md` §2, §15):
+
+1. Both spellings of the Kimi names are accepted (`kimikl`/`kimi`, `fullkimi`/`kimifull`); MMR1 crashed on the README's.
+2. `kimi_loss` is Kimi k1.5's sequence-level surrogate with `-A * log pi`, not MMR1's per-token `-A * exp(logp)`.
+3. `group_advantages(no_mean_for_same_reward=True)` detects identical-reward groups with `max == min`, not `std != 0`
+   (a float mean of identical rewards can leave a ~1e-17 std and silently skip the mask).
+4. `exact` is new: the full-distribution KL, computed in vocabulary chunks.
+
+No clamping of the log-ratio is applied (verl clamps k3 to [-10, 10]); callers that need it clamp the result.
+"""
+
+import torch
+
+ESTIMATORS = ("k1", "k2", "k3")
+# MMR1 spellings -> our names. "kimifull" is a loss mode (see `kimi_loss`), "exact" is `exact()`, not estimators.
+ALIASES = {"kimikl": "k2", "kimi": "k2", "fullkimi": "kimifull", "kimifull": "kimifull", "exact": "exact"}
+ADVANTAGE_SCALES = ("group", "batch", "none")
+
+
+def canonical_name(kind: str) -> str:
+    """
+    Map a KL name, including MMR1's spellings, to our canonical name.
+
+    `"k1" | "k2" | "k3"` map to themselves, `"kimikl" | "kimi"` to `"k2"`, `"fullkimi" | "kimifull"` to `"kimifull"`
+    and `"exact"` to `"exact"`.
+
+    Raises:
+        ValueError: `kind` is not one of the names above.
+    """
+    if kind in ESTIMATORS:
+        return kind
+    if kind in ALIASES:
+        return ALIASES[kind]
+    raise ValueError(f"Unknown KL name {kind!r}; valid names are {', '.join(ESTIMATORS + tuple(ALIASES))}.")
+
+
+def estimate(kind: str, logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    r"""
+    Per-token sampled estimate of `KL(pi_theta || pi_ref)`.
+
+    Args:
+        kind (`str`):
+            `"k1"`, `"k2"` (aliases `"kimikl"`, `"kimi"`) or `"k3"`.
+        logp (`torch.Tensor` of shape `(B, T)`):
+            Log-probs under the policy of tokens sampled from the policy. Gradients flow through it.
+        ref_logp (`torch.Tensor` of shape `(B, T)`):
+            Log-probs of the same tokens under the reference.
+
+    Returns:
+        `torch.Tensor` of shape `(B, T)`: `k1 = logp - ref_logp`, `k2 = 0.5 * (logp - ref_logp)**2`,
+        `k3 = exp(ref_logp - logp) - (ref_logp - logp) - 1` (computed as `expm1(d) - d` for accuracy near 0).
+        Padding positions are not masked; reduce with `sequence_mean` / `batch_mean`.
+
+    Raises:
+        ValueError: `kind` is not an estimator name (`"fullkimi"`, `"kimifull"` and `"exact"` are not estimators).
+    """
+    name = ALIASES.get(kind, kind)
+    if name not in ESTIMATORS:
+        valid = ESTIMATORS + tuple(k for k, v in ALIASES.items() if v in ESTIMATORS)
+        raise ValueError(f"Unknown KL estimator {kind!r}; valid names are {', '.join(valid)}.")
+    if name == "k1":
+        return logp - ref_logp
+    if name == "k2":
+        return 0.5 * (logp - ref_logp) ** 2
+    d = ref_logp - logp
+    return torch.expm1(d) - d
+
+
+def estimate_all(logp: torch.Tensor, ref_logp: torch.Tensor) -> dict[str, torch.Tensor]:
+    """All three estimators, `{"k1": (B, T), "k2": (B, T), "k3": (B, T)}`; see `estimate`."""
+    return {name: estimate(name, logp, ref_logp) for name in ESTIMATORS}
+
+
+def sequence_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """
+    Masked mean over tokens of each sequence: `(B, T), (B, T) -> (B,)`, `sum_t x*m / max(sum_t m, 1)`.
+
+    A row with an empty mask gives 0. Averaging this over the batch is TRL's `loss_type="grpo"` (and MMR1's).
+    """
+    mask = mask.to(x.dtype)
+    return (x * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+
+
+def batch_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean over all tokens of the batch: `(B, T), (B, T) -> ()`, `sum x*m / max(sum m, 1)` (TRL "dapo")."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def _chunk_log_probs(logits, ref_logits, lse, ref_lse, start, stop, temperature, dtype):
+    """`log pi` and `log pi_ref` on vocabulary slice `[start, stop)`, each `(..., stop - start)` in `dtype`."""
+    logp = logits[..., start:stop].to(dtype) / temperature - lse.unsqueeze(-1)
+    ref_logp = ref_logits[..., start:stop].to(dtype) / temperature - ref_lse.unsqueeze(-1)
+    return logp, ref_logp
+
+
+class _ExactKL(torch.autograd.Function):
+    """Chunked `sum_v pi (log pi - log pi_ref)` whose backward also works chunk by chunk (nothing (..., V) saved)."""
+
+    @staticmethod
+    def forward(ctx, logits, ref_logits, temperature, chunk_size):
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        vocab = logits.shape[-1]
+        starts = range(0, vocab, chunk_size)
+        # Pass 1: logsumexp of each chunk, then over chunks. Extra memory (..., V / chunk_size).
+        lse = torch.stack(
+            [torch.logsumexp(logits[..., s : s + chunk_size].to(dtype) / temperature, -1) for s in starts], -1
+        ).logsumexp(-1)
+        ref_lse = torch.stack(
+            [torch.logsumexp(ref_logits[..., s : s + chunk_size].to(dtype) / temperature, -1) for s in starts], -1
+        ).logsumexp(-1)
+        # Pass 2: accumulate pi * (log pi - log pi_ref); terms with pi = 0 are 0 (also where log pi_ref = -inf).
+        kl = torch.zeros_like(lse)
+        for s in starts:
+            logp, ref_logp = _chunk_log_probs(logits, ref_logits, lse, ref_lse, s, s + chunk_size, temperature, dtype)
+            p = logp.exp()
+            kl += torch.where(p > 0, p * (logp - ref_logp), 0.0).sum(-1)
+        ctx.save_for_backward(logits, ref_logits, lse, ref_lse, kl)
+        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        return kl
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_kl):
+        logits, ref_logits, lse, ref_lse, kl = ctx.saved_tensors
+        temperature, chunk_size = ctx.temperature, ctx.chunk_size
+        dtype = kl.dtype
+        g = grad_kl.to(dtype).unsqueeze(-1) / temperature
+        grad_logits = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
+        grad_ref = torch.empty_like(ref_logits) if ctx.needs_input_grad[1] else None
+        for s in range(0, logits.shape[-1], chunk_size):
+            logp, ref_logp = _chunk_log_probs(logits, ref_logits, lse, ref_lse, s, s + chunk_size, temperature, dtype)
+            p = logp.exp()
+            if grad_logits is not None:  # dKL/dz_v = pi_v (log pi_v - log pi_ref_v - KL), z = logits / T
+                d = torch.where(p > 0, p * (logp - ref_logp - kl.unsqueeze(-1)), 0.0)
+                grad_logits[..., s : s + chunk_size] = g * d
+            if grad_ref is not None:  # dKL/dr_v = pi_ref_v - pi_v, r = ref_logits / T
+                grad_ref[..., s : s + chunk_size] = g * (ref_logp.exp() - p)
+        return grad_logits, grad_ref, None, None
+
+
+def exact(
+    logits: torch.Tensor, ref_logits: torch.Tensor, temperature: float = 1.0, chunk_size: int = 4096
+) -> torch.Tensor:
+    r"""
+    Exact per-token `KL(pi || pi_ref) = sum_v pi(v) (log pi(v) - log pi_ref(v))` over the full vocabulary.
+
+    `pi = softmax(logits / temperature)` and `pi_ref = softmax(ref_logits / temperature)`: the same temperature
+    divides both. It is computed as `sum_v pi(v) (z_v - r_v) - logsumexp(z) + logsumexp(r)` in two passes over
+    vocabulary chunks (pass 1: logsumexp per chunk, combined; pass 2: the sum). Forward and backward each hold only
+    `O(B * T * chunk_size)` temporaries besides the inputs and outputs (the backward writes the `(B, T, V)` gradient
+    itself); the unchunked version needs several `(B, T, V)` float32 tensors. `chunk_size >= V` is one chunk.
+    Computation is in float32 (float64 for float64 inputs); gradients come back in the input dtype.
+
+    Gradients (implemented by hand, chunk by chunk, first order only):
+    `dKL/dlogits_v = pi_v (log pi_v - log pi_ref_v - KL) / T` and `dKL/dref_logits_v = (pi_ref_v - pi_v) / T`.
+
+    Args:
+        logits (`torch.Tensor` of shape `(B, T, V)`):
+            Policy logits (any leading shape works; the last dim is the vocabulary).
+        ref_logits (`torch.Tensor` of shape `(B, T, V)`):
+            Reference logits, same shape.
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Divides both logits. Must be > 0.
+        chunk_size (`int`, *optional*, defaults to `4096`):
+            Vocabulary slice width. Need not divide `V`. Must be > 0.
+
+    Returns:
+        `torch.Tensor` of shape `(B, T)`: the KL per position, float32 (float64 for float64 inputs). Positions
+        where `pi_ref(v) = 0 < pi(v)` give `+inf`.
+    """
+    if logits.shape != ref_logits.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and ref_logits {tuple(ref_logits.shape)} differ in shape.")
+    if not temperature > 0:
+        raise ValueError(f"`temperature` must be > 0, got {temperature!r}.")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ValueError(f"`chunk_size` must be a positive int, got {chunk_size!r}.")
+    return _ExactKL.apply(logits, ref_logits, float(temperature), chunk_size)
+
+
+def kimi_loss(
+    logp: torch.Tensor, ref_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, tau: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    r"""
+    Kimi k1.5 policy-optimisation surrogate (Kimi Team 2025, §2.3.2), sequence level.
+
+    Kimi k1.5 minimises `E_j[(r_j - rbar - tau * log(pi_theta(y_j|x) / pi_ref(y_j|x)))^2]` with `pi_ref` the policy
+    at the start of the iteration; its gradient is `2 tau` times that of the surrogate implemented here. Per
+    completion `i`:
+
+        seq_logp_i = sum_t logp_{i,t} m_{i,t}                      # log pi_theta(y_i | x)
+        logratio_i = sum_t (logp_{i,t} - ref_logp_{i,t}) m_{i,t}   # log(pi_theta / pi_ref)(y_i | x)
+        loss_i     = -A_i * seq_logp_i + (tau / 2) * logratio_i^2
+        loss       = (1 / B) * sum_i loss_i
+
+    Normalisation: tokens are **summed** (the paper's sequence log-prob) and completions averaged; there is no
+    division by token counts, so the scale grows with completion length (a trainer may divide by a constant such as
+    `max_completion_length`; that changes the step size, not the direction). Gradient, by hand
+    (`ref_logp`, `A` constant):
+
+        d loss / d logp_{i,t} = (tau * logratio_i - A_i) * m_{i,t} / B
+
+    i.e. `(1/B) sum_i [-A_i + tau * logratio_i] grad log pi_theta(y_i|x)`, Kimi's update. At the first step of a
+    round (`pi_theta == pi_ref`) the KL term is 0 in value and gradient; it acts only once the policy has moved
+    (several optimizer steps per generation round). MMR1's `fullkimi` instead used `-A * exp(logp_t)` per token and a
+    per-token `tau/2 (logp_t - ref_t)^2`, token-averaged.
+
+    Args:
+        logp (`torch.Tensor` of shape `(B, T)`):
+            Policy log-probs of the sampled tokens, with grad.
+        ref_logp (`torch.Tensor` of shape `(B, T)`):
+            Log-probs of the same tokens under `pi_ref` (the policy when the completions were generated). Detached.
+        advantages (`torch.Tensor` of shape `(B,)`):
+            `r - group mean` (`group_advantages(..., scale="none")`). Detached.
+        mask (`torch.Tensor` of shape `(B, T)`):
+            1 for completion tokens, 0 for padding (bool or float).
+        tau (`float`):
+            Weight of the squared log-ratio (`beta`). Must be >= 0.
+
+    Returns:
+        `tuple[torch.Tensor, dict[str, float]]`: the scalar loss, and `{"pg_loss": mean_i(-A_i seq_logp_i),
+        "kl_loss": mean_i(tau/2 logratio_i^2), "logratio": mean_i(logratio_i)}` (floats; `pg_loss + kl_loss`
+        equals the loss).
+    """
+    if not tau >= 0:
+        raise ValueError(f"`tau` must be >= 0, got {tau!r}.")
+    mask = mask.to(logp.dtype)
+    seq_logp = (logp * mask).sum(-1)
+    logratio = ((logp - ref_logp.detach()) * mask).sum(-1)
+    pg = -advantages.detach().to(logp.dtype) * seq_logp
+    kl = 0.5 * tau * logratio**2
+    loss = (pg + kl).mean()
+    stats = {"pg_loss": pg.mean().item(), "kl_loss": kl.mean().item(), "logratio": logratio.mean().item()}
+    return loss, stats
+
+
+def group_advantages(
+    rewards: torch.Tensor,
+    num_generations: int,
+    scale: str = "group",
+    no_mean_for_same_reward: bool = False,
+    eps: float = 1e-4,
+) -> torch.Tensor:
+    r"""
+    Group-relative advantages, MMR1's variants. Consecutive blocks of `num_generations` rewards form a group `g`.
+
+    - `scale="group"` (MMR1's default, TRL's `scale_rewards="group"`): `A = (r - mean_g) / (std_g + eps)`.
+    - `scale="batch"` (TRL's `"batch"`): `A = (r - mean_g) / (std_batch + eps)`.
+    - `scale="none"`: `A = r - mean_g`. This is Kimi k1.5's "mean only" advantage (MMR1 `fullkimi`), for `kimi_loss`.
+    - `no_mean_for_same_reward=True` (MMR1): groups whose rewards are all identical are not centred, and the result
+      is clamped: `A = clamp((r - mean_g * [group not all equal]) / (std + eps), -1, 1)` (no division when
+      `scale="none"`). An all-equal group thus gets `clamp(r / eps, -1, 1)`: +1 if all are positive, -1 if negative,
+      0 if zero. In MMR1 this took precedence over `fullkimi`'s mean-only rule: pass `scale="group"` to reproduce.
+
+    `std` is the unbiased (N - 1) standard deviation, torch's default, as in MMR1; TRL 1.16's `nanstd` applies the
+    same Bessel correction but skips NaN rewards (unscorable completions). This function needs finite rewards:
+    handle unscorable completions before calling it. "All identical" is tested with `max == min`.
+
+    Args:
+        rewards (`torch.Tensor` of shape `(N,)`):
+            Summed (and scaled) reward per completion, grouped consecutively.
+        num_generations (`int`):
+            Group size `G >= 2`; must divide `N`.
+        scale (`str`, *optional*, defaults to `"group"`):
+            `"group"`, `"batch"` or `"none"`.
+        no_mean_for_same_reward (`bool`, *optional*, defaults to `False`):
+            MMR1's flag, see above.
+        eps (`float`, *optional*, defaults to `1e-4`):
+            Added to the std (MMR1 and TRL use 1e-4).
+
+    Returns:
+        `torch.Tensor` of shape `(N,)`.
+    """
+    if scale not in ADVANTAGE_SCALES:
+        raise ValueError(f"Unknown scale {scale!r}; valid values are {', '.join(ADVANTAGE_SCALES)}.")
+    if rewards.dim() != 1:
+        raise ValueError(f"`rewards` must be 1-D (N,), got shape {tuple(rewards.shape)}.")
+    if num_generations < 2 or rewards.numel() % num_generations != 0:
+        raise ValueError(f"num_generations={num_generations} must be >= 2 and divide N={rewards.numel()}.")
+    if not torch.isfinite(rewards).all():
+        raise ValueError("`rewards` must be finite; handle unscorable (NaN) completions before computing advantages.")
+    grouped = rewards.view(-1, num_generations)
+    centre = grouped.mean(1, keepdim=True)
+    if no_mean_for_same_reward:
+        centre = centre * (grouped.amax(1, keepdim=True) != grouped.amin(1, keepdim=True))
+    advantages = grouped - centre
+    if scale == "group":
+        advantages = advantages / (grouped.std(1, keepdim=True) + eps)
+    elif scale == "batch":
+        advantages = advantages / (rewards.std() + eps)
+    advantages = advantages.reshape(-1)
+    return advantages.clamp(-1.0, 1.0) if no_mean_for_same_reward else advantages
