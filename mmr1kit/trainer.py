@@ -1,0 +1,271 @@
+"""`MMR1Trainer`: TRL's `GRPOTrainer` plus MMR1's objective, sampling schedule, dataset order and the run record.
+
+It overrides as little as possible (design decision 1); each override says what it adds:
+
+- `_get_per_token_logps_and_entropies`: keeps the policy pass's log-probs and entropies for the loss additions;
+- `_compute_loss`: the KL estimator of `kl_approximator` (TRL hard-codes k3), the entropy term, every estimator logged;
+- `_generate_and_score_completions`: MMR1's advantage variants, phase timing, and every rollout into the run folder;
+- `_get_train_sampler`: `order_dataset`;
+- a callback sets the step's sampling temperature everywhere TRL uses it.
+
+With every MMR1 option neutral (`kl_approximator="k3"`, no entropy term, `reward_scale=1`, constant temperature,
+random order) the loss and gradients are exactly TRL's: the k3 path is TRL's own code.
+"""
+
+import time
+
+import torch
+from transformers import TrainerCallback
+from trl import GRPOTrainer
+from trl.trainer.utils import nanstd
+
+from mmr1kit import kl
+from mmr1kit.data.ordering import OrderedRepeatSampler, prompt_order
+from mmr1kit.runs import RunRecorder
+from mmr1kit.schedules import temperature_at
+
+
+def resolve_model(name_or_path: str) -> str:
+    """`"tiny"` / `"tiny-llava"` → the cached tiny model's folder; anything else is returned as given."""
+    from mmr1kit.models import tiny_vlm
+
+    if name_or_path == "tiny":
+        return str(tiny_vlm())
+    if name_or_path == "tiny-llava":
+        return str(tiny_vlm(arch="llava"))
+    return str(name_or_path)
+
+
+def set_fused_head_temperature(model, temperature: float) -> None:
+    """Change the temperature captured by TRL's fused LM head (`trl.trainer.utils.add_fused_lm_head`).
+
+    The head divides the logits by a closure variable. Re-calling `add_fused_lm_head` would nest one wrapper per step,
+    so the closure cell is rewritten instead. Does nothing on a model without the fused head.
+    """
+    func = getattr(getattr(model, "forward", None), "__func__", None)
+    code = getattr(func, "__code__", None)
+    if code is None or "temperature" not in code.co_freevars:
+        return
+    func.__closure__[code.co_freevars.index("temperature")].cell_contents = float(temperature)
+
+
+class TemperatureCallback(TrainerCallback):
+    """Sets the sampling temperature of the coming optimizer step from `temperature_func` (logged as `temperature`)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        t = temperature_at(
+            args.temperature_func,
+            state.global_step,
+            max(state.max_steps, 1),
+            temperature=args.temperature,
+            begin=args.temperature_begin,
+            end=args.temperature_end,
+        )
+        self.trainer.set_temperature(t)
+
+
+class RunRecordCallback(TrainerCallback):
+    """Appends every logged step to `metrics.jsonl`; the trainer's final summary goes to `summary.json`."""
+
+    def __init__(self, recorder: RunRecorder):
+        self.recorder = recorder
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        if "train_runtime" in logs:
+            self.recorder.write_summary(**{f"train/{k}": v for k, v in logs.items()})
+        else:
+            self.recorder.log_metrics(state.global_step, logs)
+
+
+class MMR1Trainer(GRPOTrainer):
+    """`trl.GRPOTrainer` with MMR1's options, configured by an `MMR1Config`.
+
+    Args:
+        model (`str` or `PreTrainedModel`, *optional*): Defaults to `args.model_name_or_path`. Pass a path (not an
+            in-memory model) when `beta > 0`: TRL reloads the reference model from `config._name_or_path`.
+        reward_funcs (*optional*): Defaults to `mmr1kit.rewards.get_reward_funcs(args.reward_funcs)`.
+        args (`MMR1Config`): The run's config.
+        train_dataset, eval_dataset: As returned by `mmr1kit.data.load_dataset`.
+        record (`bool`, *optional*, defaults to `True`): Write the run folder `args.run_dir` (main process only).
+        **kwargs: Passed on to `GRPOTrainer` (`processing_class`, `callbacks`, `peft_config`, ...).
+    """
+
+    def __init__(self, model=None, reward_funcs=None, args=None, train_dataset=None, eval_dataset=None, record=True,
+                 **kwargs):
+        from mmr1kit.models import load_processor
+        from mmr1kit.rewards import get_reward_funcs
+
+        model = resolve_model(args.model_name_or_path) if model is None else model
+        if isinstance(model, str) and "processing_class" not in kwargs:
+            kwargs["processing_class"] = load_processor(model, args.min_pixels, args.max_pixels)
+        reward_funcs = get_reward_funcs(args.reward_funcs) if reward_funcs is None else reward_funcs
+        self._policy_pass = None  # (logps, entropies) of the last policy forward with entropies
+        self._timing = {}
+        self.recorder = None
+        super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, **kwargs)
+        # MMR1 multiplies the summed reward by reward_scale before the group statistics; per-function logs stay raw.
+        self.reward_weights = self.reward_weights * args.reward_scale
+        if record and self.accelerator.is_main_process:
+            self.recorder = RunRecorder(args.run_dir)
+            self.recorder.write_config(args)
+            self.recorder.write_manifest(seed=args.seed, dataset=args.dataset, model=str(model))
+            self.add_callback(RunRecordCallback(self.recorder))
+        self.add_callback(TemperatureCallback(self))
+
+    # --- sampling temperature ------------------------------------------------------------------------------------
+
+    def set_temperature(self, temperature: float) -> None:
+        """Use `temperature` for sampling and for the log-probs / entropies of the loss (TRL divides logits by it)."""
+        self.temperature = temperature
+        if getattr(self, "generation_config", None) is not None:
+            self.generation_config.temperature = temperature
+        if getattr(self, "generation_kwargs", None) is not None:
+            self.generation_kwargs["temperature"] = temperature
+        if getattr(self, "vllm_generation", None) is not None:
+            self.vllm_generation.temperature = temperature
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        set_fused_head_temperature(unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped,
+                                   temperature)
+        if self.ref_model is not None:
+            set_fused_head_temperature(self.accelerator.unwrap_model(self.ref_model), temperature)
+        self._metrics["train"]["temperature"].append(temperature)
+
+    # --- dataset order -------------------------------------------------------------------------------------------
+
+    def _get_train_sampler(self, dataset=None):
+        dataset = self.train_dataset if dataset is None else dataset
+        order = None
+        if self.args.order_dataset != "random":
+            difficulties = dataset["difficulty"] if "difficulty" in dataset.column_names else None
+            order = prompt_order(self.args.order_dataset, difficulties, n=len(dataset), seed=self.args.seed)
+        return OrderedRepeatSampler(
+            dataset,
+            mini_repeat_count=self.num_generations,
+            batch_size=self.args.generation_batch_size // self.num_generations,
+            repeat_count=self.num_iterations * self.args.steps_per_generation,
+            order=order,
+            seed=self.args.seed,
+        )
+
+    # --- loss ----------------------------------------------------------------------------------------------------
+
+    def _get_per_token_logps_and_entropies(self, model, *args, compute_entropy=False, **kwargs):
+        out = super()._get_per_token_logps_and_entropies(model, *args, compute_entropy=compute_entropy, **kwargs)
+        if compute_entropy:  # only the policy pass of `_compute_loss` asks for entropies
+            self._policy_pass = out[:2]
+        return out
+
+    def _aggregate(self, per_token, mask, inputs):
+        """Reduce a `(B, T)` per-token term exactly as TRL reduces its per-token loss for `loss_type`."""
+        mode = "train" if self.model.training else "eval"
+        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        if self.loss_type in ("grpo", "sapo"):
+            return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean() / accumulation
+        if self.loss_type == "bnpo":
+            return (per_token * mask).sum() / mask.sum().clamp(min=1.0) / accumulation
+        if self.loss_type == "dr_grpo":
+            return (per_token * mask).sum() / (per_token.size(0) * self.max_completion_length) / accumulation
+        if self.loss_type == "luspo":
+            return (per_token * mask).sum(-1).mean() / accumulation
+        normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+        if mode == "train":
+            normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+        return (per_token * mask).sum() / normalizer
+
+    def _global_mean(self, per_token, mask) -> float:
+        totals = self.accelerator.reduce(torch.stack([(per_token * mask).sum(), mask.sum().float()]), reduction="sum")
+        return (totals[0] / totals[1].clamp(min=1.0)).item()
+
+    def _compute_loss(self, model, inputs):
+        args = self.args
+        kind = args.kl_approximator
+        # TRL's own k3 path stays untouched (the neutral-settings equivalence); other estimators replace it.
+        trl_kl = args.use_kl and kind == "k3"
+        beta = self.beta
+        self.beta = beta if trl_kl else 0.0
+        try:
+            loss = super()._compute_loss(model, inputs)
+        finally:
+            self.beta = beta
+        logps, entropies = self._policy_pass
+        mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
+        mode = "train" if self.model.training else "eval"
+        ref = inputs.get("ref_per_token_logps")
+        if ref is not None:
+            for name, value in kl.estimate_all(logps.detach(), ref).items():
+                self._metrics[mode][f"kl/{name}"].append(self._global_mean(value, mask))
+            if not trl_kl:
+                self._metrics[mode]["kl"].append(self._metrics[mode]["kl/k3"][-1])
+            if args.use_kl and kind in ("k1", "k2"):
+                loss = loss + beta * self._aggregate(kl.estimate(kind, logps, ref), mask, inputs)
+        if args.entropy_reg:
+            # MMR1's sign: + w * (-H), so w > 0 raises entropy and w < 0 lowers it.
+            entropy_term = self._aggregate(-entropies, mask, inputs)
+            loss = loss + args.entropy_weight * entropy_term
+            self._metrics[mode]["entropy/loss"].append(self.accelerator.gather(entropy_term.detach()).mean().item())
+        self._policy_pass = None
+        return loss
+
+    # --- rollouts, advantages, record ---------------------------------------------------------------------------
+
+    def _generate_and_score_completions(self, inputs):
+        from accelerate.utils import gather_object
+
+        start = time.perf_counter()
+        output = super()._generate_and_score_completions(inputs)
+        mode = "train" if self.model.training else "eval"
+        names = self.reward_func_names
+        # TRL keeps exactly one generation batch (all processes) in `_logs`, just filled by the call above.
+        rewards_per_func = torch.tensor([list(self._logs["rewards"][n]) for n in names]).T  # (N, n_funcs)
+        advantages = torch.tensor(list(self._logs["advantages"]))
+        if self.args.no_mean_for_same_reward:
+            total = (rewards_per_func * self.reward_weights.cpu()).nansum(dim=1)
+            advantages = kl.group_advantages(total, self.num_generations, no_mean_for_same_reward=True)
+            n_local = output["advantages"].size(0)
+            start_local = self.accelerator.process_index * n_local
+            output["advantages"] = advantages[start_local : start_local + n_local].to(output["advantages"].device)
+        if mode == "train":
+            lengths = output["completion_mask"].sum(1)
+            self._record_rollouts(inputs, rewards_per_func, advantages, lengths, gather_object)
+        self._metrics[mode]["timing/rollout"].append(time.perf_counter() - start)
+        return output
+
+    def _record_rollouts(self, inputs, rewards_per_func, advantages, lengths, gather_object):
+        t0 = time.perf_counter()
+        keys = ("id", "image_path", "problem", "solution")
+        rows = gather_object([{k: x.get(k) for k in keys} for x in inputs])
+        lengths = gather_object(lengths.tolist())
+        if self.recorder is None:
+            return
+        completions = list(self._logs["completion"])
+        weights = self.reward_weights.cpu()
+        step = self.state.global_step + 1  # the optimizer step these completions train
+        records = []
+        for i, row in enumerate(rows):
+            text = completions[i][0]["content"] if isinstance(completions[i], list) else completions[i]
+            rewards = {f"rewards/{n}": float(rewards_per_func[i, j]) for j, n in enumerate(self.reward_func_names)}
+            records.append(
+                {
+                    "step": step,
+                    "prompt_id": row["id"],
+                    "group": i // self.num_generations,
+                    "image": row["image_path"],
+                    "problem": row["problem"],
+                    "solution": row["solution"],
+                    "completion": text,
+                    **rewards,
+                    "reward": float((rewards_per_func[i] * weights).nansum()),
+                    "advantage": float(advantages[i]),
+                    "length": int(lengths[i]),
+                    "truncated": int(lengths[i]) >= self.max_completion_length,
+                    "temperature": self.temperature,
+                }
+            )
+        self.recorder.log_rollouts(records)
+        self._metrics["train"]["timing/record"].append(time.perf_counter() - t0)
