@@ -14,11 +14,12 @@ from pathlib import Path
 import yaml
 from trl import GRPOConfig
 
+from mmr1kit.data.ordering import ORDERS
+from mmr1kit.schedules import TEMPERATURE_FUNCS
+
 
 KL_APPROXIMATORS = ("k1", "k2", "k3", "exact", "kimifull")
 KL_ALIASES = {"kimikl": "k2", "kimi": "k2", "fullkimi": "kimifull"}  # MMR1's spellings (README and code disagreed)
-TEMPERATURE_FUNCS = ("constant", "linear", "cosine")
-ORDERS = ("random", "sequential", "curriculum", "reverse_curriculum")
 
 
 def _use_cpu() -> bool:
@@ -57,6 +58,9 @@ class MMR1Config(GRPOConfig):
     use_kl: bool = field(default=True, metadata={"help": "Add beta * KL to the loss (KL is logged either way)."})
     kl_approximator: str = field(
         default="k3", metadata={"help": "KL in the loss: k1, k2 (kimikl), k3, exact, kimifull (fullkimi)."}
+    )
+    exact_kl_every: int = field(
+        default=1, metadata={"help": "Log kl/exact and the reference entropy every N steps (0: never)."}
     )
     # MMR1: entropy
     entropy_reg: bool = field(default=False, metadata={"help": "Add entropy_weight * (-H) to the loss."})
@@ -128,6 +132,13 @@ class MMR1Config(GRPOConfig):
         for name in ("temperature_begin", "temperature_end", "temperature"):
             if not getattr(self, name) > 0:
                 bad(name, "a sampling temperature must be > 0")
+        if self.kl_approximator == "kimifull":
+            if self.scale_rewards not in ("none", False):
+                bad("scale_rewards", "kl_approximator='kimifull' uses A = r - mean(group): set scale_rewards='none'")
+            if self.no_mean_for_same_reward:
+                bad("no_mean_for_same_reward", "does not combine with kl_approximator='kimifull'")
+        if self.exact_kl_every < 0:
+            bad("exact_kl_every", "must be >= 0 (0 turns the exact KL off)")
         if self.order_dataset not in ORDERS:
             bad("order_dataset", f"expected one of {ORDERS}")
         if self.on_bad_example not in ("error", "skip"):

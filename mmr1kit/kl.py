@@ -305,3 +305,52 @@ def group_advantages(
         advantages = advantages / (rewards.std() + eps)
     advantages = advantages.reshape(-1)
     return advantages.clamp(-1.0, 1.0) if no_mean_for_same_reward else advantages
+
+
+def exact_from_hidden(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    ref_hidden: torch.Tensor,
+    ref_weight: torch.Tensor,
+    temperature: float = 1.0,
+    token_chunk: int = 256,
+    chunk_size: int = 4096,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""
+    Exact per-token KL and the reference's entropy from final hidden states, in token chunks.
+
+    `exact()` needs `(B, T, V)` logits, which a real vocabulary (V = 151,936 for Qwen) makes gigabytes. Here the logits
+    of `token_chunk` positions at a time are projected from the hidden states, scored and dropped; with gradients on,
+    each chunk is recomputed in the backward pass (`torch.utils.checkpoint`), so peak memory holds only the hidden
+    states plus one `(token_chunk, V)` block, never `(B, T, V)`.
+
+    Args:
+        hidden (`torch.Tensor` of shape `(B, T, H)`): Policy hidden states at the positions that predict the tokens.
+        weight (`torch.Tensor` of shape `(V, H)`): Policy LM head.
+        ref_hidden (`torch.Tensor` of shape `(B, T, H_ref)`): Reference hidden states (no gradient).
+        ref_weight (`torch.Tensor` of shape `(V, H_ref)`): Reference LM head.
+        temperature (`float`): Both distributions are `softmax(logits / temperature)`, as in the loss.
+
+    Returns:
+        `(kl, ref_entropy)`, both of shape `(B, T)`: `KL(pi || pi_ref)` (differentiable w.r.t. `hidden`) and
+        `H(pi_ref)` (detached).
+    """
+    from torch.nn.functional import linear
+    from torch.utils.checkpoint import checkpoint
+
+    B, T, _ = hidden.shape
+    flat, ref_flat = hidden.reshape(B * T, -1), ref_hidden.reshape(B * T, -1).detach()
+
+    def chunk_kl(h, r):
+        with torch.no_grad():
+            ref_logits = linear(r, ref_weight) / temperature
+        return exact((linear(h, weight) / temperature)[None], ref_logits[None], chunk_size=chunk_size)[0]
+
+    kls, entropies = [], []
+    for start in range(0, B * T, token_chunk):
+        h, r = flat[start : start + token_chunk], ref_flat[start : start + token_chunk]
+        kls.append(checkpoint(chunk_kl, h, r, use_reentrant=False) if h.requires_grad else chunk_kl(h, r))
+        with torch.no_grad():
+            ref_logp = (linear(r, ref_weight) / temperature).float().log_softmax(-1)
+            entropies.append(-(ref_logp.exp() * ref_logp).sum(-1))
+    return torch.cat(kls).view(B, T), torch.cat(entropies).view(B, T)

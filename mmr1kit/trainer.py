@@ -17,12 +17,16 @@ import time
 import torch
 from transformers import TrainerCallback
 from trl import GRPOTrainer
-from trl.trainer.utils import nanstd
 
 from mmr1kit import kl
 from mmr1kit.data.ordering import OrderedRepeatSampler, prompt_order
 from mmr1kit.runs import RunRecorder
 from mmr1kit.schedules import temperature_at
+
+
+# Multimodal inputs TRL passes to the policy forward (see GRPOTrainer._compute_loss).
+MULTIMODAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes", "token_type_ids",
+                   "mm_token_type_ids", "image_position_ids")
 
 
 def resolve_model(name_or_path: str) -> str:
@@ -182,6 +186,32 @@ class MMR1Trainer(GRPOTrainer):
         totals = self.accelerator.reduce(torch.stack([(per_token * mask).sum(), mask.sum().float()]), reduction="sum")
         return (totals[0] / totals[1].clamp(min=1.0)).item()
 
+    def _completion_hidden(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final hidden states `(B, T, H)` at the positions predicting the completion tokens, and the LM head.
+
+        Runs the model's backbone, as TRL's fused head does, so no `(B, L, V)` logits are materialised.
+        """
+        prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]
+        mm = {k: inputs[k] for k in MULTIMODAL_KEYS if inputs.get(k) is not None}
+        module = self.accelerator.unwrap_model(model)
+        module = module.get_base_model() if hasattr(module, "get_base_model") else module
+        out = module.base_model(
+            input_ids=torch.cat([prompt_ids, completion_ids], dim=1),
+            attention_mask=torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1),
+            use_cache=False,
+            **mm,
+        )
+        T = completion_ids.size(1)
+        return out.last_hidden_state[:, -T - 1 : -1], module.get_output_embeddings().weight
+
+    def _exact_kl(self, model, inputs, with_grad: bool):
+        """`(B, T)` exact KL to the reference and `(B, T)` reference entropy, at the sampling temperature."""
+        with torch.set_grad_enabled(with_grad):
+            hidden, head = self._completion_hidden(model, inputs)
+        with torch.no_grad():
+            ref_hidden, ref_head = self._completion_hidden(self.ref_model, inputs)
+        return kl.exact_from_hidden(hidden, head, ref_hidden, ref_head, temperature=self.temperature)
+
     def _compute_loss(self, model, inputs):
         args = self.args
         kind = args.kl_approximator
@@ -194,23 +224,53 @@ class MMR1Trainer(GRPOTrainer):
         finally:
             self.beta = beta
         logps, entropies = self._policy_pass
+        self._policy_pass = None
         mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
         mode = "train" if self.model.training else "eval"
+        metrics = self._metrics[mode]
         ref = inputs.get("ref_per_token_logps")
         if ref is not None:
             for name, value in kl.estimate_all(logps.detach(), ref).items():
-                self._metrics[mode][f"kl/{name}"].append(self._global_mean(value, mask))
+                metrics[f"kl/{name}"].append(self._global_mean(value, mask))
             if not trl_kl:
-                self._metrics[mode]["kl"].append(self._metrics[mode]["kl/k3"][-1])
+                metrics["kl"].append(metrics["kl/k3"][-1])
             if args.use_kl and kind in ("k1", "k2"):
                 loss = loss + beta * self._aggregate(kl.estimate(kind, logps, ref), mask, inputs)
+        if self.ref_model is not None and (kind == "exact" or self._exact_kl_due()):
+            exact_kl, ref_entropy = self._exact_kl(model, inputs, with_grad=kind == "exact" and args.use_kl)
+            metrics["kl/exact"].append(self._global_mean(exact_kl.detach(), mask))
+            metrics["entropy/ref"].append(self._global_mean(ref_entropy, mask))
+            metrics["entropy/ref_delta"].append(metrics["entropy"][-1] - metrics["entropy/ref"][-1])
+            if kind == "exact" and args.use_kl:
+                loss = loss + beta * self._aggregate(exact_kl, mask, inputs)
+        if kind == "kimifull":
+            loss = self._kimi_loss(logps, mask, inputs)
         if args.entropy_reg:
             # MMR1's sign: + w * (-H), so w > 0 raises entropy and w < 0 lowers it.
             entropy_term = self._aggregate(-entropies, mask, inputs)
             loss = loss + args.entropy_weight * entropy_term
-            self._metrics[mode]["entropy/loss"].append(self.accelerator.gather(entropy_term.detach()).mean().item())
-        self._policy_pass = None
+            metrics["entropy/loss"].append(self.accelerator.gather(entropy_term.detach()).mean().item())
         return loss
+
+    def _exact_kl_due(self) -> bool:
+        every = self.args.exact_kl_every
+        return bool(every) and self.state.global_step % every == 0
+
+    def _kimi_loss(self, logps, mask, inputs):
+        """Kimi k1.5's surrogate (`mmr1kit.kl.kimi_loss`) against the policy at the start of the generation round.
+
+        The reference is `old_per_token_logps`, the policy that sampled this generation batch: re-synced every round
+        by construction. When a batch is used for one optimizer step only, TRL skips computing it (it equals the
+        current policy), and the KL term is exactly zero; it bites with `num_iterations` / `steps_per_generation` > 1.
+        """
+        old = inputs.get("old_per_token_logps")
+        old = logps.detach() if old is None else old
+        accumulation = self.current_gradient_accumulation_steps if self.model.training else 1.0
+        loss, stats = kl.kimi_loss(logps, old, inputs["advantages"], mask, tau=self.beta)
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["kimi/pg_loss"].append(stats["pg_loss"])
+        self._metrics[mode]["kimi/kl_loss"].append(stats["kl_loss"])
+        return loss / accumulation
 
     # --- rollouts, advantages, record ---------------------------------------------------------------------------
 
