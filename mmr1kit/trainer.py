@@ -157,12 +157,52 @@ class MMR1Trainer(GRPOTrainer):
             seed=self.args.seed,
         )
 
+    # --- phase timing (timing/<phase> in seconds per optimizer step) --------------------------------------------
+
+    def _time(self, phase: str, start: float) -> None:
+        self._timing[phase] = self._timing.get(phase, 0.0) + time.perf_counter() - start
+
+    def _generate(self, prompts):
+        start = time.perf_counter()
+        out = super()._generate(prompts)
+        self._time("generate", start)
+        tokens = sum(len(ids) for ids in out[1])  # completion_ids: one list of token ids per completion
+        self._timing["generated_tokens"] = self._timing.get("generated_tokens", 0) + tokens
+        return out
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        start = time.perf_counter()
+        out = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._time("score", start)
+        return out
+
+    def training_step(self, model, inputs, num_items_in_batch):
+        start = time.perf_counter()
+        out = super().training_step(model, inputs, num_items_in_batch)
+        self._time("step", start)
+        if self._step % self.current_gradient_accumulation_steps == 0:  # the optimizer step is complete
+            t = self._timing
+            metrics = self._metrics["train"]
+            for phase in ("generate", "score", "ref", "record"):
+                metrics[f"timing/{phase}"].append(t.get(phase, 0.0))
+            rollout = t.get("rollout", 0.0)
+            metrics["timing/policy"].append(t["step"] - rollout)  # forward + backward of the loss (+ exact KL)
+            accounted = sum(t.get(p, 0.0) for p in ("generate", "score", "ref", "record"))
+            metrics["timing/other"].append(rollout - accounted)  # tokenising, image processing, old log-probs
+            if t.get("generate"):
+                metrics["tokens_per_second/generate"].append(t.get("generated_tokens", 0) / t["generate"])
+            self._timing = {}
+        return out
+
     # --- loss ----------------------------------------------------------------------------------------------------
 
     def _get_per_token_logps_and_entropies(self, model, *args, compute_entropy=False, **kwargs):
+        start = time.perf_counter()
         out = super()._get_per_token_logps_and_entropies(model, *args, compute_entropy=compute_entropy, **kwargs)
         if compute_entropy:  # only the policy pass of `_compute_loss` asks for entropies
             self._policy_pass = out[:2]
+        elif model is self.ref_model:
+            self._time("ref", start)
         return out
 
     def _aggregate(self, per_token, mask, inputs):
@@ -292,15 +332,18 @@ class MMR1Trainer(GRPOTrainer):
             output["advantages"] = advantages[start_local : start_local + n_local].to(output["advantages"].device)
         if mode == "train":
             lengths = output["completion_mask"].sum(1)
-            self._record_rollouts(inputs, rewards_per_func, advantages, lengths, gather_object)
-        self._metrics[mode]["timing/rollout"].append(time.perf_counter() - start)
+            last = output["completion_ids"].gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+            truncated = ~torch.isin(last, torch.tensor(self.eos_token_ids, device=last.device))
+            self._record_rollouts(inputs, rewards_per_func, advantages, lengths, truncated, gather_object)
+        self._time("rollout", start)
         return output
 
-    def _record_rollouts(self, inputs, rewards_per_func, advantages, lengths, gather_object):
+    def _record_rollouts(self, inputs, rewards_per_func, advantages, lengths, truncated, gather_object):
         t0 = time.perf_counter()
         keys = ("id", "image_path", "problem", "solution")
         rows = gather_object([{k: x.get(k) for k in keys} for x in inputs])
         lengths = gather_object(lengths.tolist())
+        truncated = gather_object(truncated.tolist())
         if self.recorder is None:
             return
         completions = list(self._logs["completion"])
@@ -323,9 +366,9 @@ class MMR1Trainer(GRPOTrainer):
                     "reward": float((rewards_per_func[i] * weights).nansum()),
                     "advantage": float(advantages[i]),
                     "length": int(lengths[i]),
-                    "truncated": int(lengths[i]) >= self.max_completion_length,
+                    "truncated": bool(truncated[i]),
                     "temperature": self.temperature,
                 }
             )
         self.recorder.log_rollouts(records)
-        self._metrics["train"]["timing/record"].append(time.perf_counter() - t0)
+        self._time("record", t0)

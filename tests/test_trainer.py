@@ -46,8 +46,12 @@ def test_every_trainable_parameter_changes_and_records_are_written(fixture, requ
     history = [h for h in trainer.state.log_history if "loss" in h]
     assert len(history) == 3
     for h in history:
-        for key in ("loss", "reward", "kl", "kl/k1", "kl/k2", "kl/k3", "entropy", "grad_norm"):
+        for key in ("loss", "reward", "kl", "kl/k1", "kl/k2", "kl/k3", "kl/exact", "entropy", "entropy/ref",
+                    "grad_norm", "temperature"):
             assert math.isfinite(h[key]), (key, h)
+        phases = [h[f"timing/{p}"] for p in ("generate", "score", "ref", "policy", "record", "other")]
+        assert all(t >= 0 for t in phases) and sum(phases) <= h["step_time"] * 1.01
+        assert h["timing/generate"] > 0 and h["timing/ref"] > 0 and h["tokens_per_second/generate"] > 0
 
     run = load_run(tmp_path / "run")
     assert run.config["max_steps"] == 3 and run.manifest["versions"]["trl"]
@@ -58,6 +62,7 @@ def test_every_trainable_parameter_changes_and_records_are_written(fixture, requ
     groups = run.rollouts.groupby(["step", "group"])
     assert all(len(g) == 4 and g["prompt_id"].nunique() == 1 for _, g in groups)  # G completions of one prompt
     assert abs(groups["advantage"].sum()).max() < 1e-4  # advantages are centred within each group
+    assert run.rollouts["truncated"].dtype == bool and run.rollouts["length"].between(1, 8).all()
     assert (tmp_path / "run" / "checkpoints" / "checkpoint-3" / "model.safetensors").exists()
     assert "train/train_runtime" in run.summary
 
