@@ -53,6 +53,9 @@ class MMR1Config(GRPOConfig):
     eval_split: str = field(default="test", metadata={"help": "Held-out split used for evaluation."})
     run_dir: str = field(default="runs/default", metadata={"help": "Run folder (records, checkpoints, report)."})
     on_bad_example: str = field(default="error", metadata={"help": "'error' or 'skip' bad dataset rows."})
+    max_nonfinite_steps: int = field(
+        default=3, metadata={"help": "Stop (with a checkpoint) after this many consecutive non-finite steps; 0: never."}
+    )
 
     # MMR1: KL
     use_kl: bool = field(default=True, metadata={"help": "Add beta * KL to the loss (KL is logged either way)."})

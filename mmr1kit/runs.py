@@ -137,6 +137,13 @@ class RunRecorder:
                 tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
                 os.replace(tmp, path)
 
+    def record_checkpoint(self, step: int, path) -> Path:
+        """Add a checkpoint to `checkpoints.json`, the index of the run's checkpoints (atomic)."""
+        index_path = self.path / "checkpoints.json"
+        index = json.loads(index_path.read_text()) if index_path.exists() else []
+        index = [c for c in index if c["step"] != step] + [{"step": step, "path": str(path), "time": time.time()}]
+        return write_json(index_path, index)
+
     def write_summary(self, **values) -> Path:
         """Merge `values` into `summary.json` (atomic)."""
         path = self.path / "summary.json"

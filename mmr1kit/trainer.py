@@ -16,10 +16,12 @@ import time
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
 from mmr1kit import kl
 from mmr1kit.data.ordering import OrderedRepeatSampler, prompt_order
+from mmr1kit.guards import NonFiniteGuard, NonFiniteTrainingError
 from mmr1kit.runs import RunRecorder
 from mmr1kit.schedules import temperature_at
 
@@ -72,10 +74,23 @@ class TemperatureCallback(TrainerCallback):
 
 
 class RunRecordCallback(TrainerCallback):
-    """Appends every logged step to `metrics.jsonl`; the trainer's final summary goes to `summary.json`."""
+    """Appends every logged step to `metrics.jsonl`; the trainer's final summary goes to `summary.json`.
+
+    On a resumed run, rows that the dead process wrote after the checkpoint it resumes from are dropped first, so
+    every step is in the records exactly once.
+    """
 
     def __init__(self, recorder: RunRecorder):
         self.recorder = recorder
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and state.global_step > 0:  # resumed: the state was loaded before this call
+            self.recorder.truncate_after(state.global_step)
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = f"{args.output_dir}/{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            self.recorder.record_checkpoint(state.global_step, folder)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -118,9 +133,24 @@ class MMR1Trainer(GRPOTrainer):
         if record and self.accelerator.is_main_process:
             self.recorder = RunRecorder(args.run_dir)
             self.recorder.write_config(args)
-            self.recorder.write_manifest(seed=args.seed, dataset=args.dataset, model=str(model))
+            bad = getattr(train_dataset, "bad_examples", None) or {}
+            self.recorder.write_manifest(
+                seed=args.seed, dataset=args.dataset, model=str(model), train_rows=len(train_dataset),
+                bad_examples={k: {"count": len(v), "first": v[:3]} for k, v in bad.items()},
+            )
             self.add_callback(RunRecordCallback(self.recorder))
         self.add_callback(TemperatureCallback(self))
+        self.guard = NonFiniteGuard(self, args.max_nonfinite_steps)
+        self.add_callback(self.guard)
+
+    def train(self, *args, **kwargs):
+        """`Trainer.train`; raises `NonFiniteTrainingError` when the run stopped on non-finite steps."""
+        output = super().train(*args, **kwargs)
+        if self.guard.stopped:
+            if self.recorder is not None:
+                self.recorder.write_summary(stopped=self.guard.message())
+            raise NonFiniteTrainingError(self.guard.message())
+        return output
 
     # --- sampling temperature ------------------------------------------------------------------------------------
 

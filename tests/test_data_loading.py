@@ -132,3 +132,51 @@ def test_nothing_there(tmp_path):
         load_dataset(tmp_path / "nope.json")
     with pytest.raises(DatasetError, match="expected train.json"):
         load_dataset(tmp_path)
+
+
+def _corpus(root):
+    """One malformed row per case of issue #7, plus good rows; returns (path, expected reason per bad row)."""
+    Image.new("RGB", (32, 32), "white").save(root / "ok.png")
+    Image.new("P", (32, 32)).save(root / "palette.png")  # unsupported mode for the model: converted to RGB
+    Image.new("I;16", (32, 32)).save(root / "sixteen.png")
+    full = (root / "ok.png").read_bytes()
+    (root / "truncated.png").write_bytes(full[: len(full) // 2])
+    (root / "empty.png").write_bytes(b"")
+    big = Image.new("1", (9000, 9000))  # 81 Mpx: over the decompression-bomb guard, tiny on disk
+    big.save(root / "huge.png")
+    good = lambda i, img="ok.png": json.dumps({"id": f"g{i}", "problem": "q", "solution": "1", "image": img})
+    lines = [
+        good(0),
+        good(1, "palette.png"),
+        good(2, "sixteen.png"),
+        '{"id": "j", "problem": "q", "solution": ',  # invalid JSON
+        json.dumps({"id": "m", "solution": "1", "image": "ok.png"}),  # missing field
+        json.dumps({"id": "t", "problem": ["q"], "solution": "1", "image": "ok.png"}),  # wrong type
+        json.dumps({"id": "e", "problem": "  ", "solution": "1", "image": "ok.png"}),  # empty problem
+        json.dumps({"id": "f", "problem": "q", "solution": "1", "image": "gone.png"}),  # missing image file
+        json.dumps({"id": "c", "problem": "q", "solution": "1", "image": "truncated.png"}),  # truncated image
+        json.dumps({"id": "z", "problem": "q", "solution": "1", "image": "empty.png"}),  # zero-byte image
+        json.dumps({"id": "h", "problem": "q", "solution": "1", "image": "huge.png"}),  # decompression bomb
+        json.dumps({"id": "x", "problem": "q", "solution": "1", "image": "../outside.png"}),  # escapes the root
+        good(0),  # duplicate id
+    ]
+    path = root / "corpus.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    expected = {"invalid_json": [4], "missing_field": [5], "bad_problem": [6, 7], "missing_image": [8],
+                "bad_image": [9, 10, 11, 12], "bad_id": [13]}
+    return path, expected
+
+
+def test_bad_data_corpus_error_mode_stops_at_the_first_bad_row(tmp_path):
+    path, _ = _corpus(tmp_path)
+    with pytest.raises(DatasetError, match="row 4.*invalid JSON"):
+        load_dataset(path)
+
+
+def test_bad_data_corpus_skip_mode_counts_every_reason(tmp_path):
+    path, expected = _corpus(tmp_path)
+    ds = load_dataset(path, on_bad_example="skip")
+    assert ds["id"] == ["g0", "g1", "g2"]
+    assert {k: [row for _, row, _ in v] for k, v in ds.bad_examples.items()} == expected
+    assert all(ds[i]["image"].mode == "RGB" for i in range(3))  # palette and 16-bit images converted on decode
+    assert "escapes" in ds.bad_examples["bad_image"][-1][2]

@@ -245,7 +245,8 @@ def load_dataset(
     data["task"] = data.get("task") or [None] * len(rows)
     data["solution"] = [answer.format(answer=s) for s in data["solution"]]
     data["prompt"] = [_messages(system, question.format(question=p)) for p in data["problem"]]
-    ds = datasets.Dataset.from_dict(data).cast_column("image", datasets.Image())
+    # mode="RGB": palette, grey, CMYK, 16-bit or alpha images are converted on decode, never crash the processor
+    ds = datasets.Dataset.from_dict(data).cast_column("image", datasets.Image(mode="RGB"))
     ds.bad_examples = {k: [(e.file, e.row, str(e)) for e in v] for k, v in bad.items()}
     return ds
 
