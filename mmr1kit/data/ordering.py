@@ -40,7 +40,7 @@ def prompt_order(order: str, difficulties=None, n: int | None = None, seed: int 
         missing = n if difficulties is None else sum(d is None for d in difficulties)
         raise ValueError(
             f"order_dataset={order!r} needs a 'difficulty' value on every row ({missing} of {n} rows have none); "
-            "add the column or measure one with mmr1kit.evaluate.measure_difficulty"
+            "add the column or measure one with mmr1kit.data.difficulty.measure_difficulty"
         )
     ranked = sorted(range(n), key=lambda i: (float(difficulties[i]), i))
     return ranked if order == "curriculum" else ranked[::-1]
