@@ -143,6 +143,24 @@ class MMR1Trainer(GRPOTrainer):
         self.guard = NonFiniteGuard(self, args.max_nonfinite_steps)
         self.add_callback(self.guard)
 
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """Load a checkpoint's weights for resuming, with every key accounted for.
+
+        transformers 5.23's `Trainer._load_from_checkpoint` reads `model.safetensors` with
+        `load_state_dict(state_dict, strict=False)`, but `save_pretrained` writes vision-language models under their
+        legacy key names (`model.embed_tokens.weight` for `model.language_model.embed_tokens.weight`, `visual.*`
+        for `model.visual.*`): 56 of the tiny Qwen2.5-VL's 57 tensors silently kept their pre-resume values.
+        `from_pretrained` maps the names; the copy is then loaded strictly. PEFT, FSDP and DeepSpeed checkpoints
+        keep transformers' own path.
+        """
+        model = self.model if model is None else model
+        target = self.accelerator.unwrap_model(model)
+        if hasattr(target, "peft_config") or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        dtype = next(target.parameters()).dtype
+        loaded = type(target).from_pretrained(resume_from_checkpoint, dtype=dtype)
+        target.load_state_dict(loaded.state_dict(), strict=True)
+
     def train(self, *args, **kwargs):
         """`Trainer.train`; raises `NonFiniteTrainingError` when the run stopped on non-finite steps."""
         output = super().train(*args, **kwargs)
