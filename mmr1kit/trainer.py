@@ -149,7 +149,8 @@ class MMR1Trainer(GRPOTrainer):
         transformers 5.23's `Trainer._load_from_checkpoint` reads `model.safetensors` with
         `load_state_dict(state_dict, strict=False)`, but `save_pretrained` writes vision-language models under their
         legacy key names (`model.embed_tokens.weight` for `model.language_model.embed_tokens.weight`, `visual.*`
-        for `model.visual.*`): 56 of the tiny Qwen2.5-VL's 57 tensors silently kept their pre-resume values.
+        for `model.visual.*`): 56 of the tiny Qwen2.5-VL's 57 tensors silently kept their pre-resume values
+        (huggingface/transformers#43701, open).
         `from_pretrained` maps the names; the copy is then loaded strictly. PEFT, FSDP and DeepSpeed checkpoints
         keep transformers' own path.
         """
