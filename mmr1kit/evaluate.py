@@ -2,35 +2,44 @@
 
 Generation uses the dataset's own `prompt` column (built by `mmr1kit.data.load_dataset` from the same templates as
 training), so evaluation and training see the same text. Greedy decoding by default; `num_samples > 1` samples
-with `temperature` and reports pass@k.
+with `temperature` and reports pass@k. Completions are decoded with `skip_special_tokens=True`, as TRL decodes
+training rollouts, so rewards and evaluation see the same text. The per-task scores and aggregates (counting
+accuracy, grounding Acc@0.5 / mean IoU, OCR ANLS / 1 − NED, detection COCO AP through pycocotools, math accuracy)
+are defined in `mmr1kit.evaluate_metrics`.
+
+A run folder (`mmr1kit.runs`) is evaluated with `run_models` (its starting model, `checkpoints/checkpoint-*` and
+`final/`) and `run_eval_settings` (the dataset, split, prompt templates and pixel bounds of its `config.json`).
 """
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 import torch
 
+from mmr1kit.evaluate_metrics import TASKS, detection_ap_by_label, score_example, task_metrics
+
 
 @dataclass
 class EvalResult:
-    """`records`: one row per (example, sample); `metrics`: aggregate figures of the task."""
+    """`records`: one row per (example, sample); `metrics`: aggregate figures of the task; `per_class`: accuracy by
+    true count (counting) or AP by label (detection), else `None`."""
 
     records: pd.DataFrame
     metrics: dict
+    per_class: pd.DataFrame | None = field(default=None, repr=False)
 
     def __repr__(self):
         shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in self.metrics.items())
         return f"EvalResult({len(self.records)} records: {shown})"
 
 
-# task -> (reward used as the per-example score, name of the aggregate, threshold for "correct")
-TASK_SCORES = {
-    "counting": ("accuracy", "accuracy", 1.0),
-    "math": ("math", "accuracy", 1.0),
-    "grounding": ("iou", "mean_iou", 0.5),
-    "ocr": ("anls", "anls", 0.5),
-    "detection": ("detection", "f1", 1.0),
-}
+# task -> name of its headline aggregate (kept in `metrics` next to `accuracy`)
+TASK_SCORES = {"counting": "accuracy", "math": "accuracy", "grounding": "mean_iou", "ocr": "anls", "detection": "map"}
+PASSTHROUGH = (str, int, float, bool, type(None))  # dataset columns copied into the records
+RESERVED = ("sample", "completion", "answer", "score", "correct", "label", "iou", "anls", "gt_box", "pred_box",
+            "gt_boxes", "pred_boxes", "gt_labels", "pred_labels")  # a dataset column of that name becomes row_<name>
 
 
 def _batches(n, size):
@@ -40,11 +49,11 @@ def _batches(n, size):
 
 @torch.no_grad()
 def generate(model, processor, dataset, *, batch_size=64, max_new_tokens=16, do_sample=False, temperature=1.0,
-             num_samples=1, seed=0) -> list[list[str]]:
+             num_samples=1, seed=0, skip_special_tokens=True) -> list[list[str]]:
     """Completions for every row: a list (rows) of lists (`num_samples` strings).
 
     Rows are rendered with the processor's chat template after TRL's `prepare_multimodal_messages` puts the image in
-    the first user turn, exactly as `GRPOTrainer` does.
+    the first user turn, exactly as `GRPOTrainer` does. Prompts are left-padded.
     """
     from trl.data_utils import prepare_multimodal_messages
 
@@ -68,62 +77,249 @@ def generate(model, processor, dataset, *, batch_size=64, max_new_tokens=16, do_
             top_k=None,
             num_return_sequences=num_samples,
         )
-        texts = processor.batch_decode(generated[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        texts = processor.batch_decode(generated[:, inputs["input_ids"].shape[1]:],
+                                       skip_special_tokens=skip_special_tokens)
         outputs += [texts[i * num_samples : (i + 1) * num_samples] for i in range(len(rows))]
     return outputs
 
 
+def dataset_task(dataset) -> str:
+    """The single task named by the dataset's `task` column; raise `ValueError` when it is missing or mixed."""
+    tasks = {t for t in dataset["task"] if t} if "task" in dataset.column_names else set()
+    if len(tasks) != 1:
+        raise ValueError(f"task='auto' needs one task in the dataset's `task` column, found {sorted(tasks)}; "
+                         f"pass task= one of {TASKS}")
+    return tasks.pop()
+
+
+def _load(model_or_path, processor, device, min_pixels, max_pixels):
+    from mmr1kit.models import load_policy, load_processor
+    from mmr1kit.trainer import resolve_model
+
+    if hasattr(model_or_path, "generate"):
+        model = model_or_path
+        source = getattr(model, "name_or_path", None)
+    else:
+        source = resolve_model(str(model_or_path))
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        model = load_policy(source, dtype=dtype).to(device)
+    if processor is None:
+        processor = load_processor(source, min_pixels, max_pixels)
+    return model, processor
+
+
 def evaluate(model_or_path, dataset, task: str = "counting", *, processor=None, batch_size=64, max_new_tokens=16,
-             num_samples=1, temperature=1.0, seed=0, label=None) -> EvalResult:
+             num_samples=1, temperature=1.0, seed=0, label=None, device=None, min_pixels=None, max_pixels=None,
+             skip_special_tokens=True) -> EvalResult:
     """Evaluate a model (or checkpoint path) on `dataset` for `task`.
 
     Args:
-        model_or_path: A loaded model or a checkpoint folder / hub id.
+        model_or_path: A loaded model, or a checkpoint folder / hub id / `"tiny"` (loaded in bf16 on CUDA, else
+            float32 on CPU).
         dataset: As returned by `mmr1kit.data.load_dataset` (columns `prompt`, `image`, `solution`, ...).
-        task (`str`): A key of `TASK_SCORES`.
+        task (`str`, defaults to `"counting"`): One of `TASKS`, or `"auto"` for the dataset's `task` column.
+        processor (*optional*): Defaults to the checkpoint's processor (with `min_pixels` / `max_pixels` applied).
         num_samples (`int`): 1 = greedy; k > 1 = k samples at `temperature`, adds `pass@k`.
         label (`str`, *optional*): Stored in a `label` column (e.g. "warm start", "after GRPO").
+        device (`str`, *optional*): Where a model loaded from a path goes (default: CUDA if available).
 
     Returns:
-        `EvalResult` with per-example `records` (`id`, `solution`, `completion`, `score`, `correct`, plus `count` for
-        counting) and `metrics` (`accuracy` or the task's aggregate, `n`, and `pass@k` when sampling).
+        `EvalResult`. `records` columns: `id`, `sample`, `solution`, `completion`, `answer`, `score`, `correct`, the
+        task's fields (see `mmr1kit.evaluate_metrics`), `image_path`, every scalar dataset column (e.g. `count`,
+        `difficulty`) and `label`. `metrics` (first sample of each example): `n`, `accuracy`, the task's
+        aggregates and `pass@k` when sampling. `per_class`: accuracy by `count` (counting) or AP by label
+        (detection).
     """
-    from mmr1kit.models import load_policy, load_processor
-    from mmr1kit.rewards import REWARDS
-
-    if task not in TASK_SCORES:
-        raise ValueError(f"evaluate: task={task!r} is not one of {sorted(TASK_SCORES)}")
-    model = load_policy(model_or_path, dtype=torch.float32) if isinstance(model_or_path, (str, bytes)) or hasattr(
-        model_or_path, "__fspath__") else model_or_path
-    if processor is None:
-        processor = load_processor(model_or_path if not hasattr(model_or_path, "config") else model.name_or_path)
+    task = dataset_task(dataset) if task == "auto" else task
+    if task not in TASKS:
+        raise ValueError(f"evaluate: task={task!r} is not one of {sorted(TASKS)} or 'auto'")
+    model, processor = _load(model_or_path, processor, device, min_pixels, max_pixels)
     completions = generate(model, processor, dataset, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                           do_sample=num_samples > 1, temperature=temperature, num_samples=num_samples, seed=seed)
-    reward_name, aggregate, threshold = TASK_SCORES[task]
-    reward = REWARDS[reward_name]
-    extra = [c for c in dataset.column_names if c not in ("prompt", "image", "solution")]
+                           do_sample=num_samples > 1, temperature=temperature, num_samples=num_samples, seed=seed,
+                           skip_special_tokens=skip_special_tokens)
     records = []
     for i, row in enumerate(dataset.remove_columns(["image"])):
-        samples = completions[i]
-        kwargs = {k: [row[k]] * len(samples) for k in extra}
-        scores = reward(completions=samples, solution=[row["solution"]] * len(samples), **kwargs)
-        for j, (text, score) in enumerate(zip(samples, scores)):
-            record = {"id": row["id"], "sample": j, "solution": row["solution"], "completion": text,
-                      "score": float(score), "correct": bool(score >= threshold)}
-            if "count" in row:
-                record["count"] = row["count"]
+        extra = {k if k not in RESERVED else f"row_{k}": v for k, v in row.items()
+                 if k not in ("prompt", "solution", "id") and isinstance(v, PASSTHROUGH)}
+        for j, text in enumerate(completions[i]):
+            record = {**extra, "id": row["id"], "sample": j, "solution": row["solution"], "completion": text}
+            record.update(score_example(task, text, row))
             if label is not None:
                 record["label"] = label
             records.append(record)
     df = pd.DataFrame(records)
-    first = df[df["sample"] == 0]
-    metrics = {"n": int(len(first)), aggregate: float(first["score"].mean()), "accuracy": float(first["correct"].mean())}
+    first = df[df["sample"] == 0].reset_index(drop=True)
+    metrics = {"task": task, **task_metrics(task, first)}
     if num_samples > 1:
         metrics[f"pass@{num_samples}"] = float(df.groupby("id")["correct"].any().mean())
-    return EvalResult(records=df, metrics=metrics)
+    per_class = None
+    if task == "detection":
+        per_class = detection_ap_by_label(first)
+    elif "count" in first:
+        per_class = accuracy_by(df, "count")
+    return EvalResult(records=df, metrics=metrics, per_class=per_class)
 
 
 def accuracy_by(records: pd.DataFrame, column: str = "count") -> pd.DataFrame:
-    """Accuracy and n per value of `column` (first sample of each example)."""
+    """Accuracy, n and mean score per value of `column` (first sample of each example)."""
     first = records[records["sample"] == 0]
-    return first.groupby(column)["correct"].agg(accuracy="mean", n="size").reset_index()
+    return first.groupby(column).agg(accuracy=("correct", "mean"), n=("correct", "size"),
+                                     score=("score", "mean")).reset_index()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Runs: which models, which settings
+# --------------------------------------------------------------------------------------------------------------
+
+
+def run_models(run_dir, include_base: bool = True) -> dict[str, str]:
+    """The models of a run folder, in training order: `{"base": ..., "checkpoint-N": ..., "final": ...}`.
+
+    `base` is the model training started from (the manifest's `model`, else the config's `model_name_or_path`);
+    checkpoints are `checkpoints/checkpoint-*` sorted by step; `final` is `final/` when it holds a model.
+
+    Raises:
+        FileNotFoundError: `run_dir` has no `config.json` (not a run folder).
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json)")
+    models = {}
+    config = json.loads((run_dir / "config.json").read_text())
+    if include_base:
+        manifest = json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").exists() else {}
+        models["base"] = str(manifest.get("model") or config.get("model_name_or_path"))
+    candidates = [Path(config["output_dir"])] if config.get("output_dir") else []
+    checkpoints = next((p for p in candidates + [run_dir / "checkpoints"] if p.is_dir()), run_dir / "checkpoints")
+    found = [p for p in checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    for path in sorted(found, key=lambda p: int(p.name.split("-")[-1])):
+        if (path / "config.json").exists():
+            models[path.name] = str(path)
+    if (run_dir / "final" / "config.json").exists():
+        models["final"] = str(run_dir / "final")
+    return models
+
+
+RUN_SETTINGS = ("dataset", "eval_split", "system_prompt_template", "question_template", "answer_template",
+                "min_pixels", "max_pixels", "max_completion_length", "seed")
+
+
+def run_eval_settings(run_dir) -> dict:
+    """The evaluation settings a run trained with, from its `config.json`: `RUN_SETTINGS` that it records."""
+    config = json.loads((Path(run_dir) / "config.json").read_text())
+    return {k: config[k] for k in RUN_SETTINGS if k in config}
+
+
+@dataclass
+class EvalPlan:
+    """What `notebooks/04_evaluate.ipynb` evaluates: models (label → path), data, prompts and generation bounds.
+
+    `templates` holds the three template names (registry keys or literal templates) and `prompts` their text;
+    `overrides` lists the settings given explicitly that differ from what the run trained with.
+    """
+
+    models: dict
+    dataset: str
+    split: str
+    templates: dict
+    prompts: dict
+    max_new_tokens: int
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    run: str | None = None
+    overrides: dict = field(default_factory=dict)
+
+
+def is_run_folder(path) -> bool:
+    """Whether `path` is an mmr1kit run folder (its `config.json` is an `MMR1Config`, not a model config)."""
+    config = Path(path) / "config.json"
+    return config.is_file() and "reward_funcs" in json.loads(config.read_text())
+
+
+def plan_evaluation(source, *, dataset: str = "", split: str = "", system_prompt_template: str = "",
+                    question_template: str = "", answer_template: str = "", max_new_tokens: int = 0,
+                    include_base: bool = True, checkpoints: str = "all") -> EvalPlan:
+    """Resolve an evaluation: a run folder gives its models and its training settings, a model path gives one model.
+
+    Empty / zero arguments take the run's value (from `config.json`), else mmr1kit's defaults (the synthetic counting
+    card, split `test`, template `default`, 16 new tokens). `checkpoints`: `"all"`, `"last"` (the last checkpoint and
+    `final`) or `"final"`.
+    """
+    from mmr1kit.data import templates as registry
+
+    if checkpoints not in ("all", "last", "final"):
+        raise ValueError(f"checkpoints={checkpoints!r}: expected 'all', 'last' or 'final'")
+    run = str(source) if is_run_folder(source) else None
+    trained = run_eval_settings(run) if run else {}
+    if run:
+        models = run_models(run, include_base=include_base)
+        trained_models = [k for k in models if k.startswith("checkpoint-")]
+        keep = {"all": trained_models, "last": trained_models[-1:], "final": []}[checkpoints]
+        models = {k: v for k, v in models.items() if k in ("base", "final") or k in keep}
+    else:
+        models = {Path(str(source)).name or str(source): str(source)}
+    given = {"dataset": dataset, "eval_split": split, "system_prompt_template": system_prompt_template,
+             "question_template": question_template, "answer_template": answer_template,
+             "max_completion_length": max_new_tokens}
+    defaults = {"dataset": "data_cards/synthetic_counting.md", "eval_split": "test", "system_prompt_template":
+                "default", "question_template": "default", "answer_template": "default", "max_completion_length": 16}
+    value = {k: given[k] or trained.get(k) or defaults[k] for k in given}
+    overrides = {k: (given[k], trained[k]) for k in given if given[k] and k in trained and given[k] != trained[k]}
+    names = {k: value[k] for k in ("system_prompt_template", "question_template", "answer_template")}
+    return EvalPlan(
+        models=models, dataset=str(value["dataset"]), split=str(value["eval_split"]), templates=names,
+        prompts={k: registry.resolve(k, v) for k, v in names.items()}, max_new_tokens=int(value["max_completion_length"]),
+        min_pixels=trained.get("min_pixels"), max_pixels=trained.get("max_pixels"), run=run, overrides=overrides)
+
+
+def evaluate_models(models: dict, dataset, task: str = "auto", **kwargs) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Evaluate several models on one dataset; return `(records, metrics table)`, one metrics row per model label.
+
+    `models` maps a label to a model or path (e.g. `run_models(run_dir)`, whose checkpoints hold their processor);
+    `kwargs` go to `evaluate`. Models are loaded one at a time.
+    """
+    records, table = [], []
+    for label, model in models.items():
+        result = evaluate(model, dataset, task, label=label, **kwargs)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the model just evaluated is garbage now; free its memory for the next one
+        records.append(result.records)
+        table.append({"label": label, **result.metrics})
+    return pd.concat(records, ignore_index=True), pd.DataFrame(table).set_index("label")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Failures, drawn
+# --------------------------------------------------------------------------------------------------------------
+
+
+def failure_gallery(records: pd.DataFrame, *, max_items: int = 8, ncols: int = 4):
+    """A `mmr1kit.plots.rollout_gallery` of the first `max_items` wrong first-sample records, boxes drawn.
+
+    Ground-truth boxes are green, predicted boxes red (every box for detection, labelled). Records need
+    `image_path`, `completion`, `score`; `gt_box` / `pred_box` (grounding) or `gt_boxes` / `pred_boxes`
+    (detection) are drawn when present.
+    """
+    from matplotlib.patches import Rectangle
+
+    from mmr1kit.plots import rollout_gallery
+
+    wrong = records[(records["sample"] == 0) & ~records["correct"].astype(bool)].head(max_items)
+    frame = pd.DataFrame({"image": wrong["image_path"], "completion": wrong["completion"],
+                          "score": wrong["score"], "solution": wrong["solution"]})
+    if "label" in wrong:
+        frame["prompt_id"] = wrong["id"].astype(str) + " · " + wrong["label"].astype(str)
+    fig = rollout_gallery(frame.reset_index(drop=True), ncols=ncols, max_items=max_items, reward_cols=["score"],
+                          draw_boxes=False)
+    for ax, (_, row) in zip(fig.axes, wrong.iterrows()):
+        for key, color in (("gt", "limegreen"), ("pred", "red")):
+            boxes = row.get(f"{key}_boxes") if f"{key}_boxes" in row else [row.get(f"{key}_box")]
+            labels = row.get(f"{key}_labels") if f"{key}_labels" in row else [None]
+            for box, text in zip(boxes if isinstance(boxes, list) else [], labels if isinstance(labels, list) else []):
+                if isinstance(box, list) and len(box) == 4:
+                    ax.add_patch(Rectangle((box[0], box[1]), box[2] - box[0], box[3] - box[1], fill=False,
+                                           edgecolor=color, lw=1.5))
+                    if text:
+                        ax.text(box[0], box[1], text, color=color, fontsize=6, va="bottom")
+    return fig

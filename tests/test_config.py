@@ -35,7 +35,9 @@ def test_invalid_values_name_the_field(values, field):
 def test_mmr1_aliases_are_accepted():
     assert MMR1Config(kl_approximator="kimikl").kl_approximator == "k2"
     assert MMR1Config(kl_approximator="kimi").kl_approximator == "k2"
-    assert MMR1Config(kl_approximator="fullkimi").kl_approximator == "kimifull"
+    assert MMR1Config(kl_approximator="fullkimi", scale_rewards="none").kl_approximator == "kimifull"
+    with pytest.raises(ValueError, match="scale_rewards='none'"):  # Kimi's advantage is r - mean, no std scaling
+        MMR1Config(kl_approximator="fullkimi")
 
 
 def test_unknown_names_are_errors_with_suggestions():

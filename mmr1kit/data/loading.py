@@ -60,8 +60,9 @@ def _card_files(card: Path, split: str) -> Path:
     if split not in data_files:
         raise DatasetError(card, None, "split", split, f"the card lists splits {sorted(data_files)}")
     if "generator" in spec:
-        from mmr1kit.data.synthetic import write_dataset
         from mmr1kit.models import cache_dir
+
+        write_dataset = _generator(card, spec["generator"])
 
         params = {"task": spec["task"], **(spec.get("defaults") or {})}
         sizes = params.pop("sizes", {})
@@ -75,6 +76,19 @@ def _card_files(card: Path, split: str) -> Path:
         return target
     root = Path(spec.get("data_dir", card.parent)).expanduser()
     return root / data_files[split]
+
+
+GENERATORS = ("mmr1kit.data.synthetic.write_dataset", "mmr1kit.data.synthetic_math.write_dataset")
+
+
+def _generator(card, name: str):
+    """The `write_dataset` function a card names; only mmr1kit's own generators (a card never names code to run)."""
+    import importlib
+
+    if name not in GENERATORS:
+        raise DatasetError(card, None, "mmr1kit.generator", name, f"expected one of {GENERATORS}")
+    module, _, function = name.rpartition(".")
+    return getattr(importlib.import_module(module), function)
 
 
 def _resolve_source(path_or_card, split: str) -> Path:
