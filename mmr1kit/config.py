@@ -15,6 +15,7 @@ import yaml
 from trl import GRPOConfig
 
 from mmr1kit.data.ordering import ORDERS
+from mmr1kit.scale import check_layout
 from mmr1kit.schedules import TEMPERATURE_FUNCS
 
 
@@ -65,6 +66,19 @@ class MMR1Config(GRPOConfig):
     exact_kl_every: int = field(
         default=1, metadata={"help": "Log kl/exact and the reference entropy every N steps (0: never)."}
     )
+    # Rollout engine (vLLM) consistency check
+    rollout_check_every: int = field(
+        default=1, metadata={"help": "Compare the rollout engine's log-probs with the trainer's every N steps (0: off)."}
+    )
+    rollout_check_threshold: float = field(
+        default=0.05, metadata={"help": "Warn when the mean per-token log-prob difference exceeds this (nats)."}
+    )
+    # LoRA (TRL ModelConfig names); the reference is then the policy with its adapters disabled
+    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] | None = field(default=None, metadata={"help": "Modules to adapt (all-linear)."})
     # MMR1: entropy
     entropy_reg: bool = field(default=False, metadata={"help": "Add entropy_weight * (-H) to the loss."})
     entropy_weight: float = field(
@@ -140,6 +154,12 @@ class MMR1Config(GRPOConfig):
                 bad("scale_rewards", "kl_approximator='kimifull' uses A = r - mean(group): set scale_rewards='none'")
             if self.no_mean_for_same_reward:
                 bad("no_mean_for_same_reward", "does not combine with kl_approximator='kimifull'")
+        if self.use_peft and (self.kl_approximator == "exact" or self.exact_kl_every):
+            if self.kl_approximator == "exact":
+                bad("kl_approximator", "the exact KL needs a separate reference model; with use_peft use k1, k2 or k3")
+            self.exact_kl_every = 0  # no separate reference model: kl/exact is not available with LoRA
+        if self.rollout_check_every < 0 or self.rollout_check_threshold <= 0:
+            bad("rollout_check_every", "needs rollout_check_every >= 0 and rollout_check_threshold > 0")
         if self.exact_kl_every < 0:
             bad("exact_kl_every", "must be >= 0 (0 turns the exact KL off)")
         if self.order_dataset not in ORDERS:
@@ -173,6 +193,7 @@ class MMR1Config(GRPOConfig):
                 bad(name, str(e))
         if self.num_generations < 2:
             bad("num_generations", "GRPO needs at least 2 completions per prompt")
+        check_layout(self)  # mmr1kit.scale: impossible scale-out layouts, before any model loads
         world = int(os.environ.get("WORLD_SIZE", 1))
         steps = self.steps_per_generation or self.gradient_accumulation_steps
         per_step = self.generation_batch_size or self.per_device_train_batch_size * world * steps
@@ -226,7 +247,8 @@ class MMR1Config(GRPOConfig):
             if unknown:
                 raise ValueError(f"MMR1Config: unknown field(s) in preset: {unknown}")
         parser = HfArgumentParser(cls)
-        parser.set_defaults(**defaults)
+        # HfArgumentParser turns a bool field with a default_factory into False: restore use_cpu's automatic default
+        parser.set_defaults(**{"use_cpu": _use_cpu(), **defaults})
         (config, rest) = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
         if rest:
             raise ValueError(f"MMR1Config: unknown command-line argument(s) {rest}")

@@ -136,6 +136,9 @@ class RunRecorder:
                 tmp = path.with_name(f".{path.name}.tmp")
                 tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
                 os.replace(tmp, path)
+        index_path = self.path / "checkpoints.json"
+        if index_path.exists():  # checkpoints saved after `step` by the dead process are gone from the index too
+            write_json(index_path, [c for c in json.loads(index_path.read_text()) if c["step"] <= step])
 
     def record_checkpoint(self, step: int, path) -> Path:
         """Add a checkpoint to `checkpoints.json`, the index of the run's checkpoints (atomic)."""

@@ -6,6 +6,7 @@ It overrides as little as possible (design decision 1); each override says what 
 - `_compute_loss`: the KL estimator of `kl_approximator` (TRL hard-codes k3), the entropy term, every estimator logged;
 - `_generate_and_score_completions`: MMR1's advantage variants, phase timing, and every rollout into the run folder;
 - `_get_train_sampler`: `order_dataset`;
+- `_load_from_checkpoint`: resuming restores every weight (transformers' own path misses VLM key renames);
 - a callback sets the step's sampling temperature everywhere TRL uses it.
 
 With every MMR1 option neutral (`kl_approximator="k3"`, no entropy term, `reward_scale=1`, constant temperature,
@@ -23,6 +24,7 @@ from mmr1kit import kl
 from mmr1kit.data.ordering import OrderedRepeatSampler, prompt_order
 from mmr1kit.guards import NonFiniteGuard, NonFiniteTrainingError
 from mmr1kit.runs import RunRecorder
+from mmr1kit.scale import feed_vllm_unexpanded_images, rollout_check
 from mmr1kit.schedules import temperature_at
 
 
@@ -130,6 +132,8 @@ class MMR1Trainer(GRPOTrainer):
                          eval_dataset=eval_dataset, **kwargs)
         # MMR1 multiplies the summed reward by reward_scale before the group statistics; per-function logs stay raw.
         self.reward_weights = self.reward_weights * args.reward_scale
+        if self.use_vllm and self._is_vlm:  # huggingface/trl#6294: vLLM expands image placeholders itself
+            feed_vllm_unexpanded_images(self.vllm_generation, self.processing_class.image_token_id)
         if record and self.accelerator.is_main_process:
             self.recorder = RunRecorder(args.run_dir)
             self.recorder.write_config(args)
@@ -368,6 +372,7 @@ class MMR1Trainer(GRPOTrainer):
 
         start = time.perf_counter()
         output = super()._generate_and_score_completions(inputs)
+        rollout_check(self, output)  # vLLM's log-probs vs the trainer's: rollout/logp_diff_mean, rollout/logp_diff_max
         mode = "train" if self.model.training else "eval"
         names = self.reward_func_names
         # TRL keeps exactly one generation batch (all processes) in `_logs`, just filled by the call above.
