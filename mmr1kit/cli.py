@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="values of one parameter (repeatable; the sweep runs every combination)")
     swp.add_argument("--jobs", type=int, default=1, help="points run at once (default: 1)")
     swp.add_argument("--sweep-dir", type=Path, help="sweep folder (default: runs/<notebook>-sweep-<YYYYmmdd-HHMMSS>)")
+    swp.add_argument("--no-compare", action="store_true", help="skip the comparison report (notebook 05)")
     swp.set_defaults(func=_cmd_sweep)
 
     report = sub.add_parser("report", help="re-render the HTML report of every executed notebook in a run folder")
@@ -107,6 +108,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(f"{p.name:<{width}}  {p.status:<9}  {wall:>7}  {p.error or ''}")
     failed = len(result.failed)
     print(f"{len(result.points) - failed} succeeded, {failed} failed; records in {result.sweep_dir / 'sweep.json'}")
+    if failed < len(result.points) and not args.no_compare:
+        from mmr1kit.compare import compare_report
+
+        try:
+            report = compare_report(result.sweep_dir, kernel_name=args.kernel)
+            print(f"comparison: {report.html}")
+        except nbrun.NotebookRunError as e:
+            print(f"warning: the comparison report failed: {e}", file=sys.stderr)
     print(result.sweep_dir)
     return 1 if failed else 0
 

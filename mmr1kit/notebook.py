@@ -299,6 +299,9 @@ def render_html(executed_ipynb: str | os.PathLike, html_path: str | os.PathLike 
     executed_ipynb = Path(executed_ipynb)
     html_path = Path(html_path) if html_path is not None else executed_ipynb.with_suffix(".html")
     nb = nbformat.read(executed_ipynb, as_version=4)
+    # Saved widget state makes nbconvert load widget JavaScript from a CDN; without it the widgets' text/html
+    # fallback renders, so the report stays readable offline.
+    nb.metadata.pop("widgets", None)
     body, _ = HTMLExporter(embed_images=True).from_notebook_node(nb, resources={"metadata": {
         "name": executed_ipynb.stem}})
     tmp = html_path.with_name(html_path.name + ".tmp")
