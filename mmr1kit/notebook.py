@@ -31,6 +31,9 @@ from typing import Any
 import nbformat
 import yaml
 
+from mmr1kit.runs import write_json
+
+
 logger = logging.getLogger(__name__)
 
 ERROR_MARKER_TAG = "papermill-error-cell-tag"  # papermill.execute.ERROR_MARKER_TAG
@@ -609,7 +612,7 @@ def sweep(notebook: str | os.PathLike, grid: Mapping[str, list], *, parameters: 
     record = {"notebook": str(notebook), "grid": grid, "parameters": base, "jobs": jobs}
 
     def save():
-        write_json_atomic(sweep_dir / "sweep.json", {**record, "points": [asdict(p) for p in points]})
+        write_json(sweep_dir / "sweep.json", {**record, "points": [asdict(p) for p in points]})
 
     def finish(i, outcome):
         points[i].__dict__.update(outcome)
@@ -642,15 +645,6 @@ def sweep(notebook: str | os.PathLike, grid: Mapping[str, list], *, parameters: 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """Write JSON to `<path>.tmp`, then `os.replace` it onto `path` (readers never see a partial file)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def find_executed_notebooks(run_dir: str | os.PathLike) -> list[Path]:

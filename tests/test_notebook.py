@@ -8,6 +8,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+from mmr1kit.runs import write_json
 from mmr1kit.notebook import (
     NotebookRunError,
     _default_run_dir,
@@ -21,7 +22,6 @@ from mmr1kit.notebook import (
     resolve_parameters,
     run_notebook,
     sweep,
-    write_json_atomic,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "notebooks"
@@ -203,7 +203,7 @@ def test_sweep_validates_before_running(tmp_path):
 
 def test_helpers(tmp_path):
     assert _point_name({"name": "a/b c", "widths": [1, 2]}) == "name=a_b_c,widths=_1,2_"
-    path = write_json_atomic(tmp_path / "x.json", {"a": Path("p")})
+    path = write_json(tmp_path / "x.json", {"a": Path("p")})
     assert json.loads(path.read_text()) == {"a": "p"} and not (tmp_path / "x.json.tmp").exists()
     assert re.fullmatch(r"runs/write_summary-\d{8}-\d{6}(-\d+)?", _default_run_dir(SUMMARY_NB).as_posix())
     with pytest.raises(FileNotFoundError, match="no executed notebook"):

@@ -21,11 +21,9 @@ GPU_PRESETS = sorted((ROOT / "configs" / "gpu").glob("*.yaml"))
 
 
 def write_task_data(task, folder):
-    """16 rows of the task's synthetic set (`mmr1kit.data.synthetic`; math has its own generator)."""
-    if task == "math":
-        from mmr1kit.data.synthetic_math import write_dataset
-    else:
-        from mmr1kit.data.synthetic import write_dataset
+    """16 rows of the task's synthetic set."""
+    from mmr1kit.data.synthetic import write_dataset
+
     return write_dataset(task, folder, n=16)
 
 

@@ -78,7 +78,7 @@ def _card_files(card: Path, split: str) -> Path:
     return root / data_files[split]
 
 
-GENERATORS = ("mmr1kit.data.synthetic.write_dataset", "mmr1kit.data.synthetic_math.write_dataset")
+GENERATORS = ("mmr1kit.data.synthetic.write_dataset",)
 
 
 def _generator(card, name: str):

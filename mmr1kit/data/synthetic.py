@@ -46,7 +46,7 @@ __all__ = [
     "write_dataset",
 ]
 
-TASKS = ("counting", "grounding", "ocr", "detection")
+TASKS = ("counting", "grounding", "ocr", "detection", "math")
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 20, 20),
@@ -378,13 +378,15 @@ def undercount_labels(rows: Sequence[dict], *, threshold: int = 3, p: float = 0.
 
 
 def _task_iterators() -> dict[str, Callable[..., Iterator[tuple[dict, Image.Image]]]]:
-    from mmr1kit.data import synthetic_tasks  # imported here: synthetic_tasks imports this module's drawing code
+    # imported here: these modules import this module's drawing code
+    from mmr1kit.data import synthetic_math, synthetic_tasks
 
     return {
         "counting": iter_counting,
         "grounding": synthetic_tasks.iter_grounding,
         "ocr": synthetic_tasks.iter_ocr,
         "detection": synthetic_tasks.iter_detection,
+        "math": synthetic_math.iter_math,
     }
 
 

@@ -11,16 +11,12 @@ card can name it as its generator (`data_cards/synthetic_math.md`).
 
 from __future__ import annotations
 
-import json
-import os
 import random
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
-from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from mmr1kit.data.synthetic import MIN_IMAGE_SIDE
 from mmr1kit.data.synthetic_tasks import font_path
 
 MATH_TEMPLATE = "What is the value of the expression in the image? Answer as <answer>N</answer>."
@@ -108,43 +104,3 @@ def iter_math(
 def _fits(text: str, size: int, width: int, height: int) -> bool:
     left, top, right, bottom = _font(size).getbbox(text)
     return right - left <= width - 2 * TEXT_MARGIN and bottom - top <= height - 2 * TEXT_MARGIN
-
-
-def write_dataset(
-    task: str,
-    out_dir: str | os.PathLike,
-    *,
-    n: int,
-    seed: int = 0,
-    split: str = "train",
-    image_size: int | Sequence[int] = 112,
-    **task_kwargs,
-) -> Path:
-    """Write `n` math rows to `<out_dir>/<split>.json` and PNGs to `<out_dir>/images/<split>/<id>.png`.
-
-    Same contract as `mmr1kit.data.synthetic.write_dataset` (images first, JSON last and atomically, rows sorted
-    keys, ids zero-padded); `task` must be `"math"`; `task_kwargs` go to `iter_math`.
-
-    Returns:
-        The path of the JSON file.
-    """
-    if task != "math":
-        raise ValueError(f"task={task!r}: mmr1kit.data.synthetic_math writes only the 'math' task")
-    width, height = (image_size, image_size) if isinstance(image_size, int) else (int(v) for v in image_size)
-    if min(width, height) < MIN_IMAGE_SIDE:
-        raise ValueError(f"image_size={image_size!r}: each side must be >= {MIN_IMAGE_SIDE} px (Qwen-VL processors)")
-    out_dir = Path(out_dir)
-    (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
-    digits = max(6, len(str(max(n - 1, 0))))
-    rows = []
-    for i, (fields, image) in enumerate(iter_math(n, seed, width, height, **task_kwargs)):
-        row_id = f"{i:0{digits}d}"
-        row = {"id": row_id, "task": "math", "image": f"images/{split}/{row_id}.png", **fields,
-               "image_width": width, "image_height": height}
-        image.save(out_dir / row["image"], format="PNG")
-        rows.append(row)
-    json_path = out_dir / f"{split}.json"
-    tmp = json_path.with_name(json_path.name + ".tmp")
-    tmp.write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, json_path)
-    return json_path
