@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mmr1kit import notebook as nbrun
+from mmr1kit import sweep as sweeps
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -95,11 +96,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     declared = nbrun.notebook_parameters(args.notebook)
     grid = {}
     for spec in args.grid:
-        name, values = nbrun.parse_grid(spec, declared, notebook=args.notebook)
+        name, values = sweeps.parse_grid(spec, declared, notebook=args.notebook)
         if name in grid:
             raise ValueError(f"--grid {name!r} given twice")
         grid[name] = values
-    result = nbrun.sweep(args.notebook, grid, parameters=dict(args.parameter), sweep_dir=args.sweep_dir,
+    result = sweeps.sweep(args.notebook, grid, parameters=dict(args.parameter), sweep_dir=args.sweep_dir,
                          jobs=args.jobs, preset=args.preset, kernel_name=args.kernel, cwd=args.cwd)
     width = max(len(p.name) for p in result.points)
     print(f"{'point':<{width}}  {'status':<9}  {'time_s':>7}  error")

@@ -44,8 +44,8 @@ def train_run(model_path, data_dir, run_dir, *, steps: int = 2, **overrides) -> 
 
 def write_sweep(sweep_dir, points: list[tuple[dict, Path, str]], grid: dict) -> Path:
     """`sweep.json` as `mmr1kit.notebook.sweep` writes it; `points` are `(grid values, run folder, status)`."""
-    from mmr1kit.notebook import SweepPoint, _point_name
     from mmr1kit.runs import write_json
+    from mmr1kit.sweep import SweepPoint, _point_name
 
     records = [asdict(SweepPoint(name=_point_name(values), parameters=values, run_dir=str(run_dir), status=status,
                                  error=None if status == "succeeded" else "RuntimeError: boom", wall_time_s=1.0))

@@ -8,21 +8,19 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from mmr1kit.runs import write_json
 from mmr1kit.notebook import (
     NotebookRunError,
     _default_run_dir,
-    _point_name,
     check_parameters,
     find_executed_notebooks,
     notebook_parameters,
     parameter_type,
-    parse_grid,
     render_html,
     resolve_parameters,
     run_notebook,
-    sweep,
 )
+from mmr1kit.runs import write_json
+from mmr1kit.sweep import _point_name, parse_grid, sweep
 
 FIXTURES = Path(__file__).parent / "fixtures" / "notebooks"
 SUMMARY_NB = FIXTURES / "write_summary.ipynb"
