@@ -102,6 +102,7 @@ def _has(runs: Mapping, key: str) -> bool:
 
 def _line(ax, x, y, *, smooth_window=0, show_raw=True, label=None, **style):
     """Raw values as a faint line and the smoothed values as a solid one (or just the raw line when not smoothing)."""
+    label = "_nolegend_" if label is None else label  # a single unlabelled run needs no legend entry
     if smooth_window and smooth_window > 1:
         if show_raw:
             ax.plot(x, y, alpha=0.25, lw=0.8, color=style.get("color"), label="_raw")
@@ -303,7 +304,7 @@ def plot_temperature(runs, *, title=None) -> Figure:
     for i, (label, df) in enumerate(runs.items()):
         x, y = _xy(df, "temperature", label)
         if x.size:
-            ax.plot(x, y, color=f"C{i % 10}", label=label)
+            ax.plot(x, y, color=f"C{i % 10}", label="_nolegend_" if label is None else label)
     if ax.get_lines():
         ax.set_xlabel("step")
         if len(runs) > 1 or label is not None:
