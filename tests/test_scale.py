@@ -244,7 +244,7 @@ def test_gpu_presets_are_valid_configs_apart_from_the_hardware():
     from mmr1kit.config import MMR1Config
 
     root = Path(__file__).resolve().parent.parent / "configs"
-    for name, mode in (("gpu/vllm_colocate.yaml", "colocate"), ("gpu/vllm_server.yaml", "server")):
+    for name, mode in (("gpu/vllm/colocate.yaml", "colocate"), ("gpu/vllm/server.yaml", "server")):
         values = yaml.safe_load((root / name).read_text())
         assert values["use_vllm"] and values["vllm_mode"] == mode
         assert set(values) <= MMR1Config.field_names()
