@@ -1,0 +1,132 @@
+"""The quick variant of every benchmark runs and writes a complete result, so the scripts cannot rot.
+
+Nothing here asserts on a time or a memory figure (those depend on the machine and its load); the tests check that
+each result records the machine, the versions, the load, the exact configuration and every repetition, and that
+the README table is rebuilt from the results.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `benchmarks` is a folder of the repo, not installed
+from benchmarks import bench_data, bench_learning, bench_memory, bench_overhead, profile_step, run_all
+
+
+def check_common(report, name):
+    assert report["benchmark"] == name and report["quick"] is True
+    assert report["machine"]["cpu_count"] >= 1 and report["machine"]["torch_threads"] >= 1
+    assert report["versions"]["trl"] and report["versions"]["transformers"] and report["versions"]["torch"]
+    load = report["load"]
+    assert len(load["before"]) == 3 and len(load["after"]) == 3 and load["max_1min"] >= 0
+    assert isinstance(load["quiet"], bool) and load["threshold"] == 1.5
+    assert report["config"]
+
+
+def check_summary(s, n):
+    assert s["n"] == n and s["min"] <= s["median"] <= s["max"]
+
+
+@pytest.mark.slow
+def test_overhead_compares_every_variant_with_trl_on_identical_settings(tmp_path):
+    out = tmp_path / "overhead.json"
+    report = bench_overhead.main(["--quick", "--out", str(out)])
+    assert json.loads(out.read_text())["results"].keys() == report["results"].keys()
+    check_common(report, "overhead")
+    assert report["trl_config_differences"] == {}  # TRL's config equals MMR1Config's resolved TRL fields
+    results, config = report["results"], report["config"]
+    assert list(results) == list(bench_overhead.VARIANTS)
+    for variant, r in results.items():
+        assert len(r["runs"]) == config["repeats"]
+        for run in r["runs"]:
+            assert len(run["step_time_s"]) == len(run["wall_step_s"]) == len(run["cpu_step_s"]) == config["steps"]
+            assert run["repeat"] in range(config["repeats"]) and run["load_1min"] >= 0
+        check_summary(r["step_time_s"], config["repeats"] * (config["steps"] - config["warmup"]))
+        if variant != "trl":
+            check_summary(r["ratio"], config["repeats"])
+            check_summary(r["cpu_ratio"], config["repeats"])
+            check_summary(r["wall_ratio"], config["repeats"])
+            assert len(r["ratio_per_repeat"]) == config["repeats"]
+            assert r["target"] == bench_overhead.TARGETS.get(variant)
+            assert all(len(run["timing/policy"]) == config["steps"] for run in r["runs"])
+    assert results["neutral_record_on"]["runs"][0]["timing/record"][0] > 0  # the record was written
+    assert results["neutral_record_off"]["runs"][0]["timing/record"] == [0.0] * config["steps"]
+
+
+@pytest.mark.slow
+def test_memory_measures_each_group_in_a_fresh_process(tmp_path):
+    report = bench_memory.main(["--quick", "--out", str(tmp_path / "memory.json")])
+    check_common(report, "memory")
+    groups = report["config"]["groups"]
+    assert groups == [2, 4] and report["targets"]["peak_ratio_vs_first"] == 1.10
+    for g in groups:
+        r = report["results"][str(g)]
+        assert len(r["runs"]) == report["config"]["repeats"]
+        run = r["runs"][0]
+        assert run["group"] == g and run["optimizer_steps"] == g // 2  # steps_per_generation = G / per_device
+        assert run["peak_rss_bytes"] >= run["train_peak_rss_bytes"] >= run["rss_before_train_bytes"] > 0
+        settings = report["config"]["settings_per_group"][str(g)]
+        assert settings["per_device_train_batch_size"] == 2 and settings["steps_per_generation"] == g // 2
+        assert isinstance(r["meets_target"], bool)
+    assert report["results"]["2"]["peak_ratio_vs_first"] == 1.0
+
+
+@pytest.mark.slow
+def test_learning_records_accuracy_against_wall_time_per_seed(tmp_path):
+    report = bench_learning.main(["--quick", "--out", str(tmp_path / "learning.json")])
+    check_common(report, "learning")
+    seeds = report["results"]["seeds"]
+    assert [s["seed"] for s in seeds] == report["config"]["seeds"] == [0]
+    for s in seeds:
+        phases = [p["phase"] for p in s["points"]]
+        assert phases[0] == "warmstart" and phases[-1] == "grpo"
+        grpo = [p for p in s["points"] if p["phase"] == "grpo"]
+        assert [p["step"] for p in grpo] == [0, 2, 4]
+        times = [p["wall_s"] for p in s["points"]]
+        assert times == sorted(times)  # training time only moves forward; evaluations are excluded
+        assert all(0.0 <= p["accuracy"] <= 1.0 for p in s["points"])
+        assert s["gain"] == pytest.approx(s["accuracy_after_grpo"] - s["accuracy_after_warmstart"])
+    check_summary(report["results"]["gain"], 1)
+    assert (tmp_path / "learning.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_data_path_is_compared_with_the_trainer_step(tmp_path):
+    report = bench_data.main(["--quick", "--out", str(tmp_path / "data.json")])
+    check_common(report, "data")
+    r = report["results"]
+    assert r["rows"] == 64 and len(r["passes"]) == report["config"]["repeats"]
+    for stage in ("load", "decode", "preprocess", "trainer_path"):
+        check_summary(r["seconds_per_row"][stage], report["config"]["repeats"])
+        assert r["rows_per_second"][stage] > 0
+    assert r["trainer"]["step_time_per_row_s"] > 0 and r["data_fraction_of_step"] > 0
+    assert isinstance(r["bottleneck"], bool)
+
+
+@pytest.mark.slow
+def test_profile_step_attributes_the_step_to_phases(tmp_path):
+    report = profile_step.main(["--quick", "--out", str(tmp_path / "profile.json")])
+    check_common(report, "profile")
+    assert set(report["results"]["phases"]) == set(profile_step.PHASES)
+    assert report["results"]["cprofile_top"] and report["results"]["step_time_s"]["n"] == 2
+
+
+def test_readme_table_is_rebuilt_between_the_markers(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    load = {"before": [0.5, 0.5, 0.5], "after": [0.7, 0.6, 0.5], "max_1min": 0.7, "quiet": True}
+    ratio = {"n": 3, "median": 1.02, "min": 1.0, "max": 1.04}
+    overhead = {"created": 0, "load": load, "results": {
+        "trl": {"step_time_s": {"n": 24, "median": 0.8, "min": 0.7, "max": 0.9}},
+        "neutral_record_off": {"ratio": ratio, "target": 1.05, "meets_target": True},
+    }}
+    (results / "overhead.json").write_text(json.dumps(overhead))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Benchmarks\n\nintro\n\n{run_all.BEGIN}\nold table\n{run_all.END}\n\nafter\n")
+    table = run_all.refresh_readme(readme, results)
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("# Benchmarks\n\nintro") and text.endswith("after\n")
+    assert "1.020 [1.000, 1.040] (n=3)" in table and "✅ met" in table and "≤ 1.05" in table
+    assert table in text
