@@ -13,6 +13,7 @@ With every MMR1 option neutral (`kl_approximator="k3"`, no entropy term, `reward
 random order) the loss and gradients are exactly TRL's: the k3 path is TRL's own code.
 """
 
+import contextlib
 import time
 
 import torch
@@ -55,6 +56,33 @@ def set_fused_head_temperature(model, temperature: float) -> None:
     if code is None or "temperature" not in code.co_freevars:
         return
     func.__closure__[code.co_freevars.index("temperature")].cell_contents = float(temperature)
+
+
+@contextlib.contextmanager
+def capture_hidden(model, logits_to_keep: int, enabled: bool = True):
+    """Keep the backbone's final hidden states `(B, T, H)` at the positions predicting the last `logits_to_keep`
+    tokens, over every forward of `model` inside the block (chunks concatenated), in `captured["value"]`.
+
+    TRL's fused LM head runs `model.base_model` and projects its `last_hidden_state`; the hook sees exactly that.
+    """
+    captured = {}
+    if not enabled:
+        yield captured
+        return
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    chunks = []
+
+    def hook(_module, _args, output):
+        states = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        chunks.append(states[:, -logits_to_keep - 1 : -1])
+
+    handle = model.base_model.register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+        if chunks:
+            captured["value"] = torch.cat(chunks)
 
 
 class TemperatureCallback(TrainerCallback):
@@ -125,7 +153,8 @@ class MMR1Trainer(GRPOTrainer):
         if isinstance(model, str) and "processing_class" not in kwargs:
             kwargs["processing_class"] = load_processor(model, args.min_pixels, args.max_pixels)
         reward_funcs = get_reward_funcs(args.reward_funcs) if reward_funcs is None else reward_funcs
-        self._policy_pass = None  # (logps, entropies) of the last policy forward with entropies
+        self._policy_pass = None  # (logps, entropies, hidden or None) of the last policy forward with entropies
+        self._ref_hidden = None  # (B, T, H) of the last reference pass, when the exact KL will need it
         self._timing = {}
         self.recorder = None
         super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
@@ -213,14 +242,22 @@ class MMR1Trainer(GRPOTrainer):
     # --- phase timing (timing/<phase> in seconds per optimizer step) --------------------------------------------
 
     def _time(self, phase: str, start: float) -> None:
-        self._timing[phase] = self._timing.get(phase, 0.0) + time.perf_counter() - start
+        if self.model.training:  # an evaluation in between is not part of the next optimizer step
+            self._timing[phase] = self._timing.get(phase, 0.0) + time.perf_counter() - start
+
+    def _generate_single_turn(self, *args, **kwargs):
+        # The generation call alone: TRL's `_generate` also renders the chat template and preprocesses the images
+        # (the first of its two image passes), which goes to timing/other, so tokens_per_second is generation's.
+        start = time.perf_counter()
+        out = super()._generate_single_turn(*args, **kwargs)
+        self._time("generate", start)
+        return out
 
     def _generate(self, prompts):
-        start = time.perf_counter()
         out = super()._generate(prompts)
-        self._time("generate", start)
-        tokens = sum(len(ids) for ids in out[1])  # completion_ids: one list of token ids per completion
-        self._timing["generated_tokens"] = self._timing.get("generated_tokens", 0) + tokens
+        if self.model.training:
+            tokens = sum(len(ids) for ids in out[1])  # completion_ids: one list of token ids per completion
+            self._timing["generated_tokens"] = self._timing.get("generated_tokens", 0) + tokens
         return out
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -249,14 +286,24 @@ class MMR1Trainer(GRPOTrainer):
 
     # --- loss ----------------------------------------------------------------------------------------------------
 
-    def _get_per_token_logps_and_entropies(self, model, *args, compute_entropy=False, **kwargs):
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args,
+                                           compute_entropy=False, **kwargs):
         start = time.perf_counter()
-        out = super()._get_per_token_logps_and_entropies(model, *args, compute_entropy=compute_entropy, **kwargs)
+        # The exact KL needs the final hidden states of the loss's policy pass and of the reference pass: keep them
+        # from these forwards (a hook on the backbone) instead of running the two backbones again.
+        keep = self._exact_kl_wanted() and (compute_entropy or model is self.ref_model)
+        with capture_hidden(self.accelerator.unwrap_model(model), logits_to_keep, enabled=keep) as hidden:
+            out = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, *args,
+                                                             compute_entropy=compute_entropy, **kwargs)
         if compute_entropy:  # only the policy pass of `_compute_loss` asks for entropies
-            self._policy_pass = out[:2]
+            self._policy_pass = (*out[:2], hidden.get("value"))
         elif model is self.ref_model:
+            self._ref_hidden = None if "value" not in hidden else hidden["value"].detach()
             self._time("ref", start)
         return out
+
+    def _exact_kl_wanted(self) -> bool:
+        return self.ref_model is not None and (self.args.kl_approximator == "exact" or self.args.exact_kl_every > 0)
 
     def _aggregate(self, per_token, mask, inputs):
         """Reduce a `(B, T)` per-token term exactly as TRL reduces its per-token loss for `loss_type`."""
@@ -297,12 +344,24 @@ class MMR1Trainer(GRPOTrainer):
         T = completion_ids.size(1)
         return out.last_hidden_state[:, -T - 1 : -1], module.get_output_embeddings().weight
 
-    def _exact_kl(self, model, inputs, with_grad: bool):
-        """`(B, T)` exact KL to the reference and `(B, T)` reference entropy, at the sampling temperature."""
-        with torch.set_grad_enabled(with_grad):
-            hidden, head = self._completion_hidden(model, inputs)
-        with torch.no_grad():
-            ref_hidden, ref_head = self._completion_hidden(self.ref_model, inputs)
+    def _exact_kl(self, model, inputs, hidden, with_grad: bool):
+        """`(B, T)` exact KL to the reference and `(B, T)` reference entropy, at the sampling temperature.
+
+        `hidden` `(B, T, H)` comes from the loss's policy forward and `inputs["ref_hidden"]` from the generation
+        round's reference forward; either is recomputed when missing (e.g. a PEFT model without a separate reference).
+        """
+        module = self.accelerator.unwrap_model(model)
+        module = module.get_base_model() if hasattr(module, "get_base_model") else module
+        head = module.get_output_embeddings().weight
+        if hidden is None:
+            with torch.set_grad_enabled(with_grad):
+                hidden, head = self._completion_hidden(model, inputs)
+        ref_hidden = inputs.get("ref_hidden")
+        if ref_hidden is None:
+            with torch.no_grad():
+                ref_hidden, _ = self._completion_hidden(self.ref_model, inputs)
+        ref_head = self.accelerator.unwrap_model(self.ref_model).get_output_embeddings().weight
+        hidden = hidden if with_grad else hidden.detach()
         return kl.exact_from_hidden(hidden, head, ref_hidden, ref_head, temperature=self.temperature)
 
     def _compute_loss(self, model, inputs):
@@ -316,7 +375,7 @@ class MMR1Trainer(GRPOTrainer):
             loss = super()._compute_loss(model, inputs)
         finally:
             self.beta = beta
-        logps, entropies = self._policy_pass
+        logps, entropies, hidden = self._policy_pass
         self._policy_pass = None
         mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
         mode = "train" if self.model.training else "eval"
@@ -330,7 +389,7 @@ class MMR1Trainer(GRPOTrainer):
             if args.use_kl and kind in ("k1", "k2"):
                 loss = loss + beta * self._aggregate(kl.estimate(kind, logps, ref), mask, inputs)
         if self.ref_model is not None and (kind == "exact" or self._exact_kl_due()):
-            exact_kl, ref_entropy = self._exact_kl(model, inputs, with_grad=kind == "exact" and args.use_kl)
+            exact_kl, ref_entropy = self._exact_kl(model, inputs, hidden, with_grad=kind == "exact" and args.use_kl)
             metrics["kl/exact"].append(self._global_mean(exact_kl.detach(), mask))
             metrics["entropy/ref"].append(self._global_mean(ref_entropy, mask))
             metrics["entropy/ref_delta"].append(metrics["entropy"][-1] - metrics["entropy/ref"][-1])
@@ -371,7 +430,10 @@ class MMR1Trainer(GRPOTrainer):
         from accelerate.utils import gather_object
 
         start = time.perf_counter()
+        self._ref_hidden = None
         output = super()._generate_and_score_completions(inputs)
+        if self._ref_hidden is not None:  # (B, T, H): TRL shuffles and splits it with the rest of the batch
+            output["ref_hidden"], self._ref_hidden = self._ref_hidden, None
         rollout_check(self, output)  # vLLM's log-probs vs the trainer's: rollout/logp_diff_mean, rollout/logp_diff_max
         mode = "train" if self.model.training else "eval"
         names = self.reward_func_names
