@@ -1,7 +1,7 @@
 """Learning speed: the demo's held-out greedy accuracy against wall time, for several seeds.
 
 Usage:
-    python -m benchmarks.bench_learning                # configs/demo.yaml, seeds 0 1 2, about 5 min per seed
+    python -m benchmarks.bench_learning                # configs/demo.yaml, seeds 0 1 2, about 6.5 min per seed
     python -m benchmarks.bench_learning --seeds 0      # one seed
     python -m benchmarks.bench_learning --quick        # seconds: small model and data, a few steps (tests)
 

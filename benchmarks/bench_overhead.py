@@ -1,7 +1,7 @@
 """Step-time overhead of `MMR1Trainer` over `trl.GRPOTrainer` on the same model, data, seed and GRPO settings.
 
 Usage:
-    python -m benchmarks.bench_overhead            # demo-sized steps, 3 interleaved repetitions, about 4 min
+    python -m benchmarks.bench_overhead            # demo-sized steps, 20 interleaved rounds, about 4 min
     python -m benchmarks.bench_overhead --quick    # seconds: the smaller tiny model, 3 steps (tests)
 
 Both trainers train the demo's tiny Qwen2.5-VL (random init) on the synthetic counting set with the demo's GRPO
@@ -19,14 +19,20 @@ Variants (MMR1 options on top of the shared settings):
   with the exact full-vocabulary KL logged every step (`exact_kl_every=1`, the MMR1Config default).
 - `exact_in_loss` (c, no target): `kl_approximator="exact"`, record off: the cost of the exact KL as the loss term.
 
-Measurement: one process builds a fresh trainer per run and trains `--steps` optimizer steps; runs are interleaved
-(repetition r runs every variant, the order rotated by r) so that slow drifts of a shared machine hit all variants
-alike. A run's figure is the median of TRL's per-step `step_time` (log_history) after dropping `--warmup` steps. The
-ratio of a variant is computed per repetition against the TRL run of the same repetition, then the median over
-repetitions is reported with its spread. Next to it: the wall-clock step (optimizer update and callbacks included)
-and the process CPU time of that step (`cpu_ratio`): on a busy machine the wall-clock ratios scatter with the other
-processes' load while the CPU-time ratio stays close to the work ratio, so read the CPU-time ratio when the recorded
-load is high.
+Measurement (`--interleave step`, the default): one process builds one trainer per variant, then trains them in
+rounds of one optimizer step each (`train()` with `max_steps=1`; the order rotated every round), so that steps of
+different variants are seconds apart and the load of a shared machine hits them alike. The first `--warmup` rounds
+are dropped; a variant's ratio is computed per round against the TRL step of the same round, and the median over
+`--rounds` rounds is reported with its spread. Each `train()` call rebuilds the optimizer, scheduler and dataloader
+outside the timed step and starts the schedules afresh, so a temperature schedule stays at its first value: its
+cost (setting the temperature everywhere each step) is measured, not its effect on lengths, which a random-init
+policy does not have anyway (every completion is full length).
+`--interleave run` instead builds a fresh trainer per run of `--steps` steps, `--repeats` repetitions with the
+variants' order rotated, and takes the median over each run's steps after `--warmup`.
+
+Figures: TRL's per-step `step_time` (log_history), the wall-clock step (optimizer update and callbacks included) and
+the process CPU time of that step (`cpu_ratio`); on a busy machine the CPU-time ratio is the steadier one. The
+target is checked on the `step_time` ratio.
 """
 
 import dataclasses
@@ -59,16 +65,20 @@ TARGETS = {"neutral_record_off": 1.05, "neutral_record_on": 1.05, "full_exact0":
 
 def parse_args(argv=None):
     parser = common.base_parser(__doc__, NAME)
-    parser.add_argument("--steps", type=int, default=10, help="optimizer steps per run")
-    parser.add_argument("--warmup", type=int, default=2, help="first steps of each run left out of its median")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions of every variant")
+    parser.add_argument("--interleave", choices=("step", "run"), default="step",
+                        help="alternate the variants every step (one trainer each) or every run (fresh trainers)")
+    parser.add_argument("--rounds", type=int, default=20, help="step mode: measured rounds of one step per variant")
+    parser.add_argument("--steps", type=int, default=10, help="run mode: optimizer steps per run")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="step mode: rounds dropped first; run mode: first steps of each run dropped")
+    parser.add_argument("--repeats", type=int, default=3, help="run mode: interleaved repetitions of every variant")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset (trl is always run)")
     parser.add_argument("--trainer", default="mmr1kit.trainer:MMR1Trainer",
                         help="MODULE:CLASS (or FILE.py:CLASS) of the trainer measured against TRL, e.g. a proposed "
                              "MMR1Trainer subclass")
     args = parser.parse_args(argv)
     if args.quick:
-        args.steps, args.warmup, args.repeats = 2, 1, 1
+        args.rounds, args.steps, args.warmup, args.repeats = 2, 2, 1, 1
     args.variants = ["trl"] + [v for v in args.variants.split(",") if v and v != "trl"]
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
@@ -91,8 +101,8 @@ def trl_config(config, output_dir):
     return trl_args, differences
 
 
-def run_once(variant, model_path, data_path, settings, steps, seed, workdir, trainer_class):
-    """Train one fresh trainer for `steps` steps; return its per-step figures."""
+def build(variant, model_path, data_path, settings, steps, seed, workdir, trainer_class):
+    """A fresh trainer of `variant` for `steps` steps, its `StepClock`, and (for TRL) its config differences."""
     from trl import GRPOTrainer
 
     from mmr1kit.config import MMR1Config
@@ -115,28 +125,76 @@ def run_once(variant, model_path, data_path, settings, steps, seed, workdir, tra
                               processing_class=processor, callbacks=[clock])
     else:
         trainer = trainer_class(model=str(model_path), reward_funcs=reward_funcs, args=config, train_dataset=dataset,
-                              record=record, callbacks=[clock])
-    common.silence(trainer)
+                                record=record, callbacks=[clock])
+    return common.silence(trainer), clock, differences
+
+
+def train_and_collect(variant, trainer, clock) -> dict:
+    """`trainer.train()`; the per-step figures of that call."""
+    done = len(clock.durations)
     start = time.perf_counter()
     trainer.train()
-    train_s = time.perf_counter() - start
     out = {
         "step_time_s": common.logged(trainer, "step_time"),
-        "wall_step_s": clock.durations,
-        "cpu_step_s": clock.cpu,
-        "train_s": train_s,
+        "wall_step_s": clock.durations[done:],
+        "cpu_step_s": clock.cpu[done:],
+        "train_s": time.perf_counter() - start,
         "mean_completion_length": common.logged(trainer, "completions/mean_length"),
     }
     for phase in ("generate", "score", "ref", "policy", "record", "other"):
         if variant != "trl":
             out[f"timing/{phase}"] = common.logged(trainer, f"timing/{phase}")
-    shutil.rmtree(run_dir, ignore_errors=True)
-    return out, differences
+    return out
+
+
+def interleave_runs(args, build_one, load):
+    """One fresh trainer per run of `--steps` steps; repetition r runs every variant (order rotated by r).
+
+    Returns the runs per variant and, per repetition, each variant's median over its steps after `--warmup`."""
+    import statistics
+
+    runs, pairs = {v: [] for v in args.variants}, []
+    for r in range(args.repeats):
+        order = args.variants[r % len(args.variants):] + args.variants[: r % len(args.variants)]
+        pair = {}
+        for variant in order:
+            trainer, clock, diff = build_one(variant, args.steps)
+            out = train_and_collect(variant, trainer, clock)
+            out["repeat"], out["load_1min"], out["trl_config_differences"] = r, load.sample(), diff
+            runs[variant].append(out)
+            pair[variant] = {k: statistics.median(out[k][args.warmup:])
+                             for k in ("step_time_s", "wall_step_s", "cpu_step_s")}
+            print(f"[overhead] rep {r} {variant:>20}: median step_time {pair[variant]['step_time_s']:.3f} s, "
+                  f"CPU {pair[variant]['cpu_step_s']:.3f} s (load {out['load_1min']})", flush=True)
+        pairs.append(pair)
+    return runs, pairs
+
+
+def interleave_steps(args, build_one, load):
+    """Every variant's trainer built once; round r trains one step of each (order rotated by r), so consecutive
+    steps of different variants are seconds apart and a changing load hits them alike. Each round is a `train()`
+    call of one step (the optimizer, scheduler and dataloader are rebuilt between calls, outside the timed step;
+    a temperature schedule stays at its first value). The first `--warmup` rounds are dropped."""
+    runs, pairs, trainers = {v: [] for v in args.variants}, [], {}
+    for variant in args.variants:
+        trainers[variant] = build_one(variant, 1)
+    for r in range(args.warmup + args.rounds):
+        order = args.variants[r % len(args.variants):] + args.variants[: r % len(args.variants)]
+        pair, load_now = {}, load.sample()
+        for variant in order:
+            trainer, clock, diff = trainers[variant]
+            out = train_and_collect(variant, trainer, clock)
+            out["round"], out["load_1min"], out["trl_config_differences"] = r, load_now, diff
+            runs[variant].append(out)
+            pair[variant] = {k: out[k][0] for k in ("step_time_s", "wall_step_s", "cpu_step_s")}
+        if r >= args.warmup:
+            pairs.append(pair)
+        print(f"[overhead] round {r}: " + ", ".join(f"{v} {pair[v]['step_time_s']:.2f}" for v in args.variants)
+              + f" s (load {load_now})", flush=True)
+    return runs, pairs
 
 
 def main(argv=None):
-    import statistics
-
     args = parse_args(argv)
     common.setup_torch(args.threads)
     started = time.time()
@@ -146,63 +204,46 @@ def main(argv=None):
     settings = {**common.demo_grpo_settings(), **RECORDING, **(QUICK if args.quick else {})}
     trainer_class = common.load_trainer_class(args.trainer)
     load = common.LoadLog()
-    runs = {v: [] for v in args.variants}
-    differences = None
     workdir = tempfile.mkdtemp(prefix="bench-overhead-")
+
+    def build_one(variant, steps):
+        return build(variant, model_path, data_path, settings, steps, args.seed, workdir, trainer_class)
+
     try:
-        for r in range(args.repeats):
-            order = args.variants[r % len(args.variants):] + args.variants[: r % len(args.variants)]
-            for variant in order:
-                out, diff = run_once(variant, model_path, data_path, settings, args.steps, args.seed, workdir,
-                                     trainer_class)
-                out["repeat"], out["load_1min"] = r, load.sample()
-                runs[variant].append(out)
-                differences = diff if diff is not None else differences
-                kept, cpu = out["step_time_s"][args.warmup:], out["cpu_step_s"][args.warmup:]
-                print(f"[overhead] rep {r} {variant:>20}: median step_time {statistics.median(kept):.3f} s, "
-                      f"CPU {statistics.median(cpu):.3f} s (load {out['load_1min']})", flush=True)
+        interleave = interleave_steps if args.interleave == "step" else interleave_runs
+        runs, pairs = interleave(args, build_one, load)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    differences = next(run["trl_config_differences"] for run in runs["trl"])
 
     results = {}
     for variant in args.variants:
-        per_rep = [statistics.median(run["step_time_s"][args.warmup:]) for run in runs[variant]]
-        wall_rep = [statistics.median(run["wall_step_s"][args.warmup:]) for run in runs[variant]]
-        cpu_rep = [statistics.median(run["cpu_step_s"][args.warmup:]) for run in runs[variant]]
-        all_steps = [t for run in runs[variant] for t in run["step_time_s"][args.warmup:]]
         results[variant] = {
-            "step_time_s": common.summarize(all_steps),
-            "step_time_per_repeat_s": per_rep,
-            "wall_step_per_repeat_s": wall_rep,
-            "cpu_step_per_repeat_s": cpu_rep,
+            "step_time_s": common.summarize([p[variant]["step_time_s"] for p in pairs]),
+            "wall_step_s": common.summarize([p[variant]["wall_step_s"] for p in pairs]),
+            "cpu_step_s": common.summarize([p[variant]["cpu_step_s"] for p in pairs]),
             "runs": runs[variant],
         }
-    base_rep = results["trl"]["step_time_per_repeat_s"]
-    base_wall = results["trl"]["wall_step_per_repeat_s"]
-    base_cpu = results["trl"]["cpu_step_per_repeat_s"]
     for variant in args.variants[1:]:
-        ratios = [a / b for a, b in zip(results[variant]["step_time_per_repeat_s"], base_rep)]
-        wall = [a / b for a, b in zip(results[variant]["wall_step_per_repeat_s"], base_wall)]
-        cpu = [a / b for a, b in zip(results[variant]["cpu_step_per_repeat_s"], base_cpu)]
-        results[variant]["ratio"] = common.summarize(ratios)
-        results[variant]["ratio_per_repeat"] = ratios
-        results[variant]["wall_ratio"] = common.summarize(wall)
-        results[variant]["cpu_ratio"] = common.summarize(cpu)
+        r = results[variant]
+        for name, key in (("ratio", "step_time_s"), ("wall_ratio", "wall_step_s"), ("cpu_ratio", "cpu_step_s")):
+            per_pair = [p[variant][key] / p["trl"][key] for p in pairs]
+            r[name] = common.summarize(per_pair)
+            r[f"{name}_per_pair"] = per_pair
         target = TARGETS.get(variant)
-        results[variant]["target"] = target
-        results[variant]["meets_target"] = None if target is None else results[variant]["ratio"]["median"] <= target
-        results[variant]["meets_target_cpu"] = (None if target is None
-                                                else results[variant]["cpu_ratio"]["median"] <= target)
-        print(f"[overhead] {variant:>20}: ratio {results[variant]['ratio']['median']:.3f} "
-              f"[{min(ratios):.3f}, {max(ratios):.3f}], CPU-time ratio {results[variant]['cpu_ratio']['median']:.3f} "
-              f"[{min(cpu):.3f}, {max(cpu):.3f}] (target {target})", flush=True)
+        r["target"] = target
+        r["meets_target"] = None if target is None else r["ratio"]["median"] <= target
+        r["meets_target_cpu"] = None if target is None else r["cpu_ratio"]["median"] <= target
+        print(f"[overhead] {variant:>20}: ratio {r['ratio']['median']:.3f} [{r['ratio']['min']:.3f}, "
+              f"{r['ratio']['max']:.3f}], CPU-time ratio {r['cpu_ratio']['median']:.3f} "
+              f"[{r['cpu_ratio']['min']:.3f}, {r['cpu_ratio']['max']:.3f}] (target {target})", flush=True)
     config = {
         "settings": settings,
         "variants": {v: {"mmr1_overrides": VARIANTS[v][0], "record": VARIANTS[v][1]} for v in args.variants},
         "model": str(model_path),
         "data": str(data_path),
         "trainer": args.trainer,
-        **{k: getattr(args, k) for k in ("steps", "warmup", "repeats", "seed", "threads")},
+        **{k: getattr(args, k) for k in ("interleave", "rounds", "steps", "warmup", "repeats", "seed", "threads")},
     }
     return common.write_result(
         common.out_path(args, NAME), NAME, quick=args.quick, config=config, results=results, load=load.report(),

@@ -71,7 +71,9 @@ def run_benchmark(name: str, quick: bool, results: Path, wait_quiet: float) -> d
 
 def _read(results: Path, name: str, quick: bool):
     path = result_path(results, name, quick)
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    return {**json.loads(path.read_text()), "_mtime": path.stat().st_mtime}  # bench_exact_kl records no date
 
 
 def _spread(s: dict, fmt: str = "{:.3f}", scale: float = 1.0) -> str:
@@ -89,7 +91,7 @@ def _load(report: dict) -> str:
 
 
 def _when(report: dict) -> str:
-    created = report.get("created")
+    created = report.get("created") or report.get("_mtime")
     return datetime.fromtimestamp(created, timezone.utc).strftime("%Y-%m-%d") if created else "?"
 
 

@@ -37,22 +37,31 @@ def test_overhead_compares_every_variant_with_trl_on_identical_settings(tmp_path
     check_common(report, "overhead")
     assert report["trl_config_differences"] == {}  # TRL's config equals MMR1Config's resolved TRL fields
     results, config = report["results"], report["config"]
-    assert list(results) == list(bench_overhead.VARIANTS)
+    assert config["interleave"] == "step" and list(results) == list(bench_overhead.VARIANTS)
     for variant, r in results.items():
-        assert len(r["runs"]) == config["repeats"]
+        assert len(r["runs"]) == config["warmup"] + config["rounds"]  # one single-step train() per round
+        assert [run["round"] for run in r["runs"]] == list(range(config["warmup"] + config["rounds"]))
         for run in r["runs"]:
-            assert len(run["step_time_s"]) == len(run["wall_step_s"]) == len(run["cpu_step_s"]) == config["steps"]
-            assert run["repeat"] in range(config["repeats"]) and run["load_1min"] >= 0
-        check_summary(r["step_time_s"], config["repeats"] * (config["steps"] - config["warmup"]))
+            assert len(run["step_time_s"]) == len(run["wall_step_s"]) == len(run["cpu_step_s"]) == 1
+        for key in ("step_time_s", "wall_step_s", "cpu_step_s"):
+            check_summary(r[key], config["rounds"])
         if variant != "trl":
-            check_summary(r["ratio"], config["repeats"])
-            check_summary(r["cpu_ratio"], config["repeats"])
-            check_summary(r["wall_ratio"], config["repeats"])
-            assert len(r["ratio_per_repeat"]) == config["repeats"]
+            for key in ("ratio", "cpu_ratio", "wall_ratio"):
+                check_summary(r[key], config["rounds"])
+                assert len(r[f"{key}_per_pair"]) == config["rounds"]
             assert r["target"] == bench_overhead.TARGETS.get(variant)
-            assert all(len(run["timing/policy"]) == config["steps"] for run in r["runs"])
-    assert results["neutral_record_on"]["runs"][0]["timing/record"][0] > 0  # the record was written
-    assert results["neutral_record_off"]["runs"][0]["timing/record"] == [0.0] * config["steps"]
+            assert all(len(run["timing/policy"]) == 1 for run in r["runs"])
+    assert results["neutral_record_on"]["runs"][-1]["timing/record"][0] > 0  # the record was written
+    assert results["neutral_record_off"]["runs"][-1]["timing/record"] == [0.0]
+
+
+@pytest.mark.slow
+def test_overhead_run_mode_uses_fresh_trainers(tmp_path):
+    report = bench_overhead.main(["--quick", "--interleave", "run", "--variants", "neutral_record_off",
+                                  "--out", str(tmp_path / "overhead.json")])
+    runs = report["results"]["neutral_record_off"]["runs"]
+    assert len(runs) == report["config"]["repeats"] and len(runs[0]["step_time_s"]) == report["config"]["steps"]
+    check_summary(report["results"]["neutral_record_off"]["cpu_ratio"], report["config"]["repeats"])
 
 
 @pytest.mark.slow
