@@ -17,6 +17,7 @@ checks names and types first, then runs, and always leaves a readable report:
 from __future__ import annotations
 
 import ast
+import contextlib
 import logging
 import os
 import re
@@ -414,8 +415,9 @@ def run_notebook(notebook: str | os.PathLike, *, parameters: Mapping[str, Any] |
     start, error = time.perf_counter(), None
     engine_kwargs = {"execution_timeout": execution_timeout} if execution_timeout is not None else {}
     try:
-        pm.execute_notebook(str(notebook), str(output), parameters=params, kernel_name=kernel_name, cwd=str(cwd),
-                            log_output=log_output, progress_bar=progress, **engine_kwargs)
+        with _headless_kernel():
+            pm.execute_notebook(str(notebook), str(output), parameters=params, kernel_name=kernel_name,
+                                cwd=str(cwd), log_output=log_output, progress_bar=progress, **engine_kwargs)
     except Exception as exc:  # noqa: BLE001 - any failure still gets its report rendered, then is re-raised
         error = exc
     wall = time.perf_counter() - start
@@ -487,6 +489,41 @@ def _default_run_dir(notebook: Path, suffix: str = "") -> Path:
         n += 1
         path = Path("runs") / f"{notebook.stem}{suffix}-{stamp}-{n}"
     return path
+
+
+def use_project_root() -> Path:
+    """Give a notebook's relative paths the meaning they have under `mmr1kit run`; returns the working directory.
+
+    `mmr1kit run` starts the kernel in the project that holds the notebook (the nearest parent with `pyproject.toml`
+    or `.git`), so `dataset: data_cards/...` and `run_dir: runs/...` are relative to the project root. JupyterLab
+    starts it in the notebook's own folder (`notebooks/`), where the same parameters would point nowhere (or write
+    `notebooks/runs/`). Called at the top of every notebook: inside a project but not at its root, it changes to the
+    root and says so; under `mmr1kit run` (which already chose the directory, maybe with `--cwd`) it does nothing.
+    """
+    from mmr1kit.progress import headless
+
+    cwd = Path.cwd()
+    root = _repo_root(cwd / "notebook")
+    if not headless() and root != cwd.resolve() and (root / "pyproject.toml").is_file():
+        os.chdir(root)
+        print(f"working directory: {root} (the project root, as under `mmr1kit run`)")
+    return Path.cwd()
+
+
+@contextlib.contextmanager
+def _headless_kernel():
+    """Kernels started inside inherit `MMR1KIT_HEADLESS=1`: trainers print text progress (`mmr1kit.progress`)."""
+    from mmr1kit.progress import HEADLESS_ENV
+
+    previous = os.environ.get(HEADLESS_ENV)
+    os.environ[HEADLESS_ENV] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(HEADLESS_ENV, None)
+        else:
+            os.environ[HEADLESS_ENV] = previous
 
 
 def _repo_root(notebook: Path) -> Path:

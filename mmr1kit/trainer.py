@@ -24,6 +24,7 @@ from trl import GRPOTrainer
 from mmr1kit import kl
 from mmr1kit.data.ordering import OrderedRepeatSampler, prompt_order
 from mmr1kit.guards import NonFiniteGuard, NonFiniteTrainingError
+from mmr1kit.progress import use_text_progress
 from mmr1kit.runs import RunRecorder
 from mmr1kit.scale import feed_vllm_unexpanded_images, rollout_check
 from mmr1kit.schedules import temperature_at
@@ -175,6 +176,7 @@ class MMR1Trainer(GRPOTrainer):
         self.add_callback(TemperatureCallback(self))
         self.guard = NonFiniteGuard(self, args.max_nonfinite_steps)
         self.add_callback(self.guard)
+        use_text_progress(self, "grpo")
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         """Load a checkpoint's weights for resuming, with every key accounted for.

@@ -58,6 +58,7 @@ def warm_start(
     from trl import SFTConfig, SFTTrainer
 
     from mmr1kit.models import load_policy, load_processor
+    from mmr1kit.progress import use_text_progress
 
     out_dir = Path(out_dir)
     processor = load_processor(model_path, min_pixels, max_pixels)
@@ -89,6 +90,7 @@ def warm_start(
         processing_class=processor,
         callbacks=callbacks,
     )
+    use_text_progress(trainer, "warm start")
     trainer.train()
     trainer.model.generation_config.do_sample = True
     trainer.save_model(str(out_dir))

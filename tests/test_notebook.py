@@ -1,6 +1,7 @@
 """Tests for `mmr1kit.notebook`: parameter checks (fast) and real papermill runs of the fixture notebooks (slow)."""
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from mmr1kit.notebook import (
     render_html,
     resolve_parameters,
     run_notebook,
+    use_project_root,
 )
+from mmr1kit.progress import HEADLESS_ENV
 from mmr1kit.runs import write_json
 from mmr1kit.sweep import _point_name, parse_grid, sweep
 
@@ -290,3 +293,27 @@ def test_sweep_runs_every_point_and_records_failures(tmp_path):
     ok = json.loads((tmp_path / "sw" / "n=2,fail_on_n=9" / "summary.json").read_text())
     assert (ok["n"], ok["name"]) == (2, "sw")
     assert len(find_executed_notebooks(tmp_path / "sw")) == 4
+
+
+# ------------------------------------------------------------------------------------------- use_project_root
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.delenv(HEADLESS_ENV, raising=False)
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    return tmp_path
+
+
+def test_use_project_root_moves_a_jupyterlab_kernel_to_the_root(project, capsys):
+    assert use_project_root() == project and os.getcwd() == str(project)
+    assert "the project root" in capsys.readouterr().out
+
+
+def test_use_project_root_leaves_mmr1kit_run_and_the_root_alone(project, monkeypatch):
+    monkeypatch.setenv(HEADLESS_ENV, "1")  # `mmr1kit run` chose the directory (maybe with --cwd)
+    assert use_project_root() == project / "notebooks"
+    monkeypatch.delenv(HEADLESS_ENV)
+    monkeypatch.chdir(project)
+    assert use_project_root() == project

@@ -101,8 +101,14 @@ def test_01_train_grpo_smoke(tmp_path):
     assert 0 <= summary["eval/accuracy_before"] <= 1
     assert 0 <= summary["eval/accuracy_after"] <= 1
     assert summary["wall_time_s"] > 0
-    assert summary["grpo_steps"] == int(notebook_parameters(notebook)["max_steps"]["default"])
+    steps = int(notebook_parameters(notebook)["max_steps"]["default"])
+    assert summary["grpo_steps"] == steps
     assert result.html.is_file() and result.html.stat().st_size > 10_000
+    # headless: text progress lines (relayed to the terminal by papermill), not transformers' HTML table
+    outputs = [o for cell in nbformat.read(result.notebook, as_version=4).cells for o in cell.get("outputs", [])]
+    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    assert f"[grpo] step {steps}/{steps} (100%)" in text and "[warm start] step 20/20 (100%)" in text
+    assert not any("<progress" in o.get("data", {}).get("text/html", "") for o in outputs)
     for name in ("rewards", "kl", "entropy", "rollouts_last_step", "accuracy_by_count"):
         png = tmp_path / "run" / f"{name}.png"
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
