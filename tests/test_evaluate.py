@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from oracles import levenshtein
 
 from mmr1kit.evaluate import (
     accuracy_by,
@@ -75,17 +76,6 @@ def test_grounding_iou_acc_and_center_in_pixels_across_conventions():
 
 
 # ---------------------------------------------------------------------------------------------- OCR
-
-
-def levenshtein(a: str, b: str) -> int:
-    """Textbook dynamic programme, independent of rapidfuzz."""
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
 
 
 def test_ocr_anls_and_ned_agree_with_a_direct_edit_distance():

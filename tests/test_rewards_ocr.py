@@ -3,6 +3,7 @@ import pickle
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from oracles import levenshtein
 
 from mmr1kit.rewards.ocr import (
     anls_reward,
@@ -12,17 +13,6 @@ from mmr1kit.rewards.ocr import (
     reference_answers,
     validate_ocr_solution,
 )
-
-
-def levenshtein(a: str, b: str) -> int:
-    """Character edit distance (insert, delete, substitute, each cost 1) by dynamic programming."""
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
 
 
 def reference_ocr(prediction: str, reference: str) -> float:

@@ -110,6 +110,17 @@ def _line(ax, x, y, *, smooth_window=0, show_raw=True, label=None, **style):
     return ax.plot(x, y, label=label, **style)[0]
 
 
+def _run_lines(runs: Mapping, panels, *, smooth_window: int, show_raw: bool) -> None:
+    """For each run (colour `C<i>`) and each `(key, linestyle, axes)` of `panels`: the key's line, when logged."""
+    for i, (label, df) in enumerate(runs.items()):
+        name = "" if label is None else f"{label}: "
+        for key, ls, target in panels:
+            x, y = _xy(df, key, label)
+            if x.size:
+                _line(target, x, y, smooth_window=smooth_window, show_raw=show_raw, label=f"{name}{key}",
+                      color=f"C{i % 10}", ls=ls)
+
+
 def _expand_keys(keys, runs: Mapping) -> list[str]:
     if isinstance(keys, str):
         keys = [keys]
@@ -266,21 +277,8 @@ def plot_entropy(runs, *, smooth_window: int = 0, title=None, show_raw: bool = T
     fig, (ax, ax_delta) = _grid(2, 2)
     ax.set_title("entropy (solid) vs entropy/ref (dashed)", fontsize="medium")
     ax_delta.set_title("entropy/ref_delta", fontsize="medium")
-    for i, (label, df) in enumerate(runs.items()):
-        name = "" if label is None else f"{label}: "
-        for key, ls, target in (("entropy", "-", ax), ("entropy/ref", "--", ax), ("entropy/ref_delta", "-", ax_delta)):
-            x, y = _xy(df, key, label)
-            if x.size:
-                _line(
-                    target,
-                    x,
-                    y,
-                    smooth_window=smooth_window,
-                    show_raw=show_raw,
-                    label=f"{name}{key}",
-                    color=f"C{i % 10}",
-                    ls=ls,
-                )
+    _run_lines(runs, (("entropy", "-", ax), ("entropy/ref", "--", ax), ("entropy/ref_delta", "-", ax_delta)),
+               smooth_window=smooth_window, show_raw=show_raw)
     for a in (ax, ax_delta):
         if a.get_lines():
             a.set_xlabel("step")
@@ -329,21 +327,8 @@ def plot_lengths(runs, *, smooth_window: int = 0, title=None, show_raw: bool = T
     ax.set_title("completion length", fontsize="medium")
     ax.set_ylabel("completions/mean_length")
     twin.set_ylabel("completions/clipped_ratio (dashed)")
-    for i, (label, df) in enumerate(runs.items()):
-        name = "" if label is None else f"{label}: "
-        for key, ls, target in (("completions/mean_length", "-", ax), ("completions/clipped_ratio", "--", twin)):
-            x, y = _xy(df, key, label)
-            if x.size:
-                _line(
-                    target,
-                    x,
-                    y,
-                    smooth_window=smooth_window,
-                    show_raw=show_raw,
-                    label=f"{name}{key}",
-                    color=f"C{i % 10}",
-                    ls=ls,
-                )
+    _run_lines(runs, (("completions/mean_length", "-", ax), ("completions/clipped_ratio", "--", twin)),
+               smooth_window=smooth_window, show_raw=show_raw)
     handles = [h for a in (ax, twin) for h in a.get_lines() if not h.get_label().startswith("_")]
     if handles:
         ax.set_xlabel("step")
