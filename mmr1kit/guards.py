@@ -15,6 +15,14 @@ class NonFiniteTrainingError(RuntimeError):
     """Raised after a run stopped on consecutive non-finite steps (its last checkpoint has finite weights)."""
 
 
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every element of every tensor is finite, with one device-to-host sync (not one per tensor)."""
+    if not tensors:
+        return True
+    device = tensors[0].device
+    return bool(torch.stack([torch.isfinite(t).all().to(device) for t in tensors]).all())
+
+
 class NonFiniteGuard(TrainerCallback):
     """Skip optimizer steps whose gradients are not finite; stop after `max_consecutive` in a row."""
 
@@ -27,7 +35,7 @@ class NonFiniteGuard(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         params = [p for p in self.trainer.model.parameters() if p.grad is not None]
-        finite = all(torch.isfinite(p.grad).all() for p in params)
+        finite = all_finite([p.grad for p in params])
         step = state.global_step + 1
         metrics = self.trainer._metrics["train"]
         if finite:

@@ -9,9 +9,20 @@ from safetensors.torch import load_file
 
 from mmr1kit.config import MMR1Config
 from mmr1kit.data import load_dataset
-from mmr1kit.guards import NonFiniteTrainingError
+from mmr1kit.guards import NonFiniteTrainingError, all_finite
 from mmr1kit.runs import load_run
 from mmr1kit.trainer import MMR1Trainer
+
+
+@pytest.mark.parametrize(("tensors", "expected"), [
+    ([], True),
+    ([torch.zeros(3), torch.ones(2, 2)], True),
+    ([torch.zeros(3), torch.tensor([[1.0, float("nan")]])], False),
+    ([torch.tensor([float("-inf")]), torch.zeros(2)], False),
+    ([torch.zeros(2, dtype=torch.bfloat16), torch.tensor([float("inf")], dtype=torch.bfloat16)], False),
+])
+def test_all_finite(tensors, expected):
+    assert all_finite(tensors) is expected
 
 
 def length_reward(completions, **kwargs):
