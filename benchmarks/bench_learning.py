@@ -1,22 +1,31 @@
-"""Learning speed: the demo's held-out greedy accuracy against wall time, for several seeds.
+"""Learning speed: the demo's held-out greedy accuracy against time, for several seeds.
 
 Usage:
-    python -m benchmarks.bench_learning                # configs/demo.yaml, seeds 0 1 2, about 6.5 min per seed
-    python -m benchmarks.bench_learning --seeds 0      # one seed
+    python -m benchmarks.bench_learning                # configs/demo.yaml, seeds 0 1 2 at once, about 6 min
+    python -m benchmarks.bench_learning --seeds 0      # one seed (on a free core: wall time = CPU time)
+    python -m benchmarks.bench_learning --set max_steps=50 warmstart_steps=200   # the demo's preset, edited
     python -m benchmarks.bench_learning --quick        # seconds: small model and data, a few steps (tests)
 
 The pipeline is the demo notebook's (`notebooks/01_train_grpo.ipynb` with `configs/demo.yaml`): load the synthetic
 counting set, warm-start the tiny Qwen2.5-VL with `mmr1kit.warmstart.warm_start` on the biased annotator's labels
 (`undercount_labels`), then GRPO with `MMR1Trainer` on the true counts, run record on. A `TrainerCallback` evaluates
 the held-out split (`eval_size` rows of the test split, greedy, `mmr1kit.evaluate.evaluate`) every
-`--eval-every-sft` warm-start steps and every `--eval-every` GRPO steps, and records (wall time, phase, step,
-accuracy). Wall time runs from the start of the warm start and excludes the evaluations themselves (their seconds
-are recorded separately); the evaluation saves and restores every RNG, so it does not change the training.
+`--eval-every-sft` warm-start steps and every `--eval-every` GRPO steps, and records (wall time, CPU time, phase,
+step, accuracy, accuracy per true count). Both clocks run from the start of the warm start and exclude the
+evaluations themselves (their seconds are recorded separately); the evaluation saves and restores every RNG, so it
+does not change the training.
+
+Seeds run in parallel, one process each (`--workers`, default: all of them). Each process uses one torch thread, so
+its CPU time is what its wall time would be on a free core; when there are more seeds than cores (3 on the 2-core
+machine) the curves are drawn against that CPU time and the wall times, stretched by the sharing, are recorded next
+to it. On a machine with a core per seed the curves use the wall time.
 
 Results: `benchmarks/results/learning.json` (every point of every seed; per-seed accuracy after the warm start and
-after GRPO, the gain, the phase times; the mean and spread over seeds) and `benchmarks/results/learning.png`.
+after GRPO, overall and per count, the gain, the phase times; the median and spread over seeds) and
+`benchmarks/results/learning.png`.
 """
 
+import os
 import random
 import sys
 import tempfile
@@ -33,23 +42,46 @@ NAME = "learning"
 
 def parse_args(argv=None):
     parser = common.base_parser(__doc__, NAME)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (each a full pipeline)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="seeds, each a full pipeline (default 0 1 2; 0 with --quick)")
     parser.add_argument("--eval-every", type=int, default=25, help="GRPO steps between held-out evaluations")
     parser.add_argument("--eval-every-sft", type=int, default=100, help="warm-start steps between evaluations")
     parser.add_argument("--plot", default=None, help="figure path (default: next to the JSON, .png)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="seeds trained at once, each in its own process with --threads threads (default: all)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override parameters of configs/demo.yaml (values parsed as YAML)")
     args = parser.parse_args(argv)
+    args.overrides = parse_overrides(args.set)
     if args.quick:
-        args.seeds, args.eval_every, args.eval_every_sft = [0], 2, 2
+        args.eval_every, args.eval_every_sft = 2, 2
+    args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    args.workers = max(1, min(args.workers or len(args.seeds), len(args.seeds)))
     return args
 
 
-def preset(quick: bool) -> dict:
-    """The demo's parameters (configs/demo.yaml); `--quick` shrinks the model, data and steps to seconds."""
+def parse_overrides(items: list[str]) -> dict:
+    """`["max_steps=50", "beta=0"]` -> `{"max_steps": 50, "beta": 0}` (values parsed as YAML)."""
+    import yaml
+
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def preset(quick: bool, overrides: dict | None = None) -> dict:
+    """The demo's parameters (configs/demo.yaml); `--quick` shrinks the model, data and steps to seconds; then
+    `overrides` (`--set`)."""
     params = common.demo_preset()
     if quick:
-        params.update(dataset=str(common.counting_data(64, 16)), train_sample_size=64, eval_size=16, warmstart_steps=4, warmstart_batch_size=8, max_steps=4,
-                      per_device_train_batch_size=8, num_generations=4, max_completion_length=8)
-    return params
+        params.update(dataset=str(common.counting_data(64, 16)), train_sample_size=64, eval_size=16,
+                      warmstart_steps=4, warmstart_batch_size=8, max_steps=4, per_device_train_batch_size=8,
+                      num_generations=4, max_completion_length=8)
+    return {**params, **(overrides or {})}
 
 
 class HeldOutEval(common.TrainerCallback):
@@ -68,7 +100,7 @@ class HeldOutEval(common.TrainerCallback):
         import numpy as np
         import torch
 
-        from mmr1kit.evaluate import evaluate
+        from mmr1kit.evaluate import accuracy_by, evaluate
 
         self.clock.pause()
         states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
@@ -85,7 +117,12 @@ class HeldOutEval(common.TrainerCallback):
             torch.cuda.set_rng_state_all(cuda)
         self.clock.resume()
         accuracy = result.metrics["accuracy"]
-        self.points.append({"phase": self.phase, "step": step, "wall_s": self.clock.elapsed(), "accuracy": accuracy,
+        by_count = None
+        if "count" in result.records.columns:  # the counting task: accuracy per true count, as the demo reports it
+            table = accuracy_by(result.records, "count")
+            by_count = {str(c): float(a) for c, a in zip(table["count"], table["accuracy"], strict=True)}
+        self.points.append({"phase": self.phase, "step": step, "wall_s": self.clock.elapsed(),
+                            "cpu_s": self.clock.cpu.elapsed(), "accuracy": accuracy, "accuracy_by_count": by_count,
                             "eval_s": eval_s})
         print(f"[learning] {self.phase} step {step}: accuracy {accuracy:.3f} at {self.clock.elapsed():.1f} s",
               flush=True)
@@ -99,21 +136,44 @@ class HeldOutEval(common.TrainerCallback):
 
 
 class Clock:
-    """Wall time with pauses (the evaluations)."""
+    """Wall time and process CPU time, with pauses (the evaluations).
 
-    def __init__(self):
-        self.start, self.paused, self._pause_at = time.perf_counter(), 0.0, None
+    With one torch thread the CPU time is the pipeline's own work: it equals the wall time on a free core and, unlike
+    the wall time, barely moves when another seed or process shares the machine.
+    """
+
+    def __init__(self, timer=time.perf_counter):
+        self.timer = timer
+        self.start, self.paused, self._pause_at = timer(), 0.0, None
 
     def pause(self):
-        self._pause_at = time.perf_counter()
+        self._pause_at = self.timer()
 
     def resume(self):
-        self.paused += time.perf_counter() - self._pause_at
+        self.paused += self.timer() - self._pause_at
         self._pause_at = None
 
     def elapsed(self) -> float:
-        now = self._pause_at if self._pause_at is not None else time.perf_counter()
+        now = self._pause_at if self._pause_at is not None else self.timer()
         return now - self.start - self.paused
+
+
+class Clocks:
+    """A wall `Clock` and a CPU `Clock` paused and resumed together."""
+
+    def __init__(self):
+        self.wall, self.cpu = Clock(time.perf_counter), Clock(time.process_time)
+
+    def pause(self):
+        self.wall.pause()
+        self.cpu.pause()
+
+    def resume(self):
+        self.wall.resume()
+        self.cpu.resume()
+
+    def elapsed(self) -> float:
+        return self.wall.elapsed()
 
 
 def run_seed(seed: int, params: dict, args, workdir: Path) -> dict:
@@ -140,7 +200,7 @@ def run_seed(seed: int, params: dict, args, workdir: Path) -> dict:
     if params["warmstart_bias"] > 0:
         labels = undercount_labels(train.remove_columns("image"), threshold=params["warmstart_bias_threshold"],
                                    p=params["warmstart_bias"], seed=seed)
-    points, clock = [], Clock()
+    points, clock = [], Clocks()
     evaluate = {"dataset": test, "task": params["task"], "clock": clock, "points": points,
                     "max_new_tokens": config.max_completion_length}
     warm_dir = warm_start(base_model, train, run_dir / "warmstart", labels=labels,
@@ -148,13 +208,13 @@ def run_seed(seed: int, params: dict, args, workdir: Path) -> dict:
                           learning_rate=params["warmstart_lr"], seed=seed, min_pixels=config.min_pixels,
                           max_pixels=config.max_pixels,
                           callbacks=[HeldOutEval(phase="warmstart", every=args.eval_every_sft, **evaluate)])
-    warmstart_s = clock.elapsed()
+    warmstart_s, warmstart_cpu_s = clock.elapsed(), clock.cpu.elapsed()
     trainer = MMR1Trainer(model=str(warm_dir), args=config, train_dataset=train,
                           callbacks=[HeldOutEval(phase="grpo", every=args.eval_every, **evaluate)])
     common.silence(trainer)
-    grpo_start = clock.elapsed()
+    grpo_start, grpo_cpu_start = clock.elapsed(), clock.cpu.elapsed()
     trainer.train()
-    grpo_s = clock.elapsed() - grpo_start
+    grpo_s, grpo_cpu_s = clock.elapsed() - grpo_start, clock.cpu.elapsed() - grpo_cpu_start
     grpo = [p for p in points if p["phase"] == "grpo"]
     return {
         "seed": seed,
@@ -162,9 +222,13 @@ def run_seed(seed: int, params: dict, args, workdir: Path) -> dict:
         "setup_s": setup_s,
         "warmstart_s": warmstart_s,
         "grpo_s": grpo_s,
+        "warmstart_cpu_s": warmstart_cpu_s,
+        "grpo_cpu_s": grpo_cpu_s,
         "eval_s": sum(p["eval_s"] for p in points),
         "accuracy_after_warmstart": grpo[0]["accuracy"],
         "accuracy_after_grpo": grpo[-1]["accuracy"],
+        "accuracy_by_count_after_warmstart": grpo[0]["accuracy_by_count"],
+        "accuracy_by_count_after_grpo": grpo[-1]["accuracy_by_count"],
         "gain": grpo[-1]["accuracy"] - grpo[0]["accuracy"],
         "grpo_steps": trainer.state.global_step,
         "grpo_step_time_s": common.summarize(common.logged(trainer, "step_time")),
@@ -172,7 +236,17 @@ def run_seed(seed: int, params: dict, args, workdir: Path) -> dict:
     }
 
 
-def plot(results: dict, path: Path, title: str) -> Path:
+def time_axis(workers: int, threads: int) -> str:
+    """The clock the curves are drawn against: wall time when every seed has cores of its own, else the process
+    CPU time (with one thread, what the wall time would be on a free core)."""
+    return "wall_s" if workers * threads <= (os.cpu_count() or 1) else "cpu_s"
+
+
+AXIS_LABELS = {"wall_s": "wall time, s (training only, evaluations excluded)",
+               "cpu_s": "training time, s: process CPU time (= wall time on a free core; evaluations excluded)"}
+
+
+def plot(results: dict, path: Path, title: str, axis: str = "wall_s") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,10 +256,10 @@ def plot(results: dict, path: Path, title: str) -> Path:
     ax = fig.subplots()
     for i, run in enumerate(results["seeds"]):
         pts = run["points"]
-        ax.plot([p["wall_s"] for p in pts], [100 * p["accuracy"] for p in pts], marker="o", ms=3, color=f"C{i}",
+        ax.plot([p[axis] for p in pts], [100 * p["accuracy"] for p in pts], marker="o", ms=3, color=f"C{i}",
                 label=f"seed {run['seed']}")
-        ax.axvline(run["warmstart_s"], color=f"C{i}", ls=":", lw=1)
-    ax.set_xlabel("wall time, s (training only, evaluations excluded)")
+        ax.axvline(run["warmstart_s" if axis == "wall_s" else "warmstart_cpu_s"], color=f"C{i}", ls=":", lw=1)
+    ax.set_xlabel(AXIS_LABELS[axis])
     ax.set_ylabel("held-out greedy accuracy, %")
     ax.set_title(title, fontsize=10)
     ax.text(0.01, 0.02, "dotted: end of the warm start (SFT), GRPO after", transform=ax.transAxes, fontsize=8)
@@ -197,21 +271,44 @@ def plot(results: dict, path: Path, title: str) -> Path:
     return path
 
 
+def _seed_process(seed: int, params: dict, args, workdir: str) -> dict:
+    """One seed in a worker process: its own torch threads, its own load sample."""
+    common.setup_torch(args.threads)
+    run = run_seed(seed, params, args, Path(workdir))
+    run["load_1min"] = common.load_average()[0]
+    return run
+
+
+def run_seeds(params: dict, args, workdir: str, load) -> list[dict]:
+    """Every seed, `args.workers` at a time (fresh spawned processes when more than one), in seed order."""
+    import concurrent.futures
+    import multiprocessing
+
+    workers = args.workers
+    if workers == 1:
+        return [_seed_process(seed, params, args, workdir) for seed in args.seeds]
+    print(f"[learning] seeds {args.seeds}: {workers} at a time, {args.threads} thread(s) each", flush=True)
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_seed_process, seed, params, args, workdir) for seed in args.seeds]
+        runs = []
+        for future in futures:
+            runs.append(future.result())
+            load.sample()
+        return runs
+
+
 def main(argv=None):
     args = parse_args(argv)
     common.setup_torch(args.threads)
     started = time.time()
-    params = preset(args.quick)
+    params = preset(args.quick, args.overrides)
     load = common.LoadLog()
-    seeds = []
     with tempfile.TemporaryDirectory(prefix="bench-learning-") as workdir:
-        for seed in args.seeds:
-            run = run_seed(seed, params, args, Path(workdir))
-            run["load_1min"] = load.sample()
-            seeds.append(run)
-            print(f"[learning] seed {seed}: {100 * run['accuracy_after_warmstart']:.1f}% -> "
-                  f"{100 * run['accuracy_after_grpo']:.1f}% (warm start {run['warmstart_s']:.0f} s, "
-                  f"GRPO {run['grpo_s']:.0f} s, load {run['load_1min']})", flush=True)
+        seeds = run_seeds(params, args, workdir, load)
+    for run in seeds:
+        print(f"[learning] seed {run['seed']}: {100 * run['accuracy_after_warmstart']:.1f}% -> "
+              f"{100 * run['accuracy_after_grpo']:.1f}% (warm start {run['warmstart_s']:.0f} s, "
+              f"GRPO {run['grpo_s']:.0f} s, load {run['load_1min']})", flush=True)
     results = {
         "seeds": seeds,
         "accuracy_after_warmstart": common.summarize([s["accuracy_after_warmstart"] for s in seeds]),
@@ -220,15 +317,20 @@ def main(argv=None):
         "warmstart_s": common.summarize([s["warmstart_s"] for s in seeds]),
         "grpo_s": common.summarize([s["grpo_s"] for s in seeds]),
         "pipeline_s": common.summarize([s["warmstart_s"] + s["grpo_s"] for s in seeds]),
+        "warmstart_cpu_s": common.summarize([s["warmstart_cpu_s"] for s in seeds]),
+        "grpo_cpu_s": common.summarize([s["grpo_cpu_s"] for s in seeds]),
     }
     out = common.out_path(args, NAME)
     figure = Path(args.plot) if args.plot else out.with_suffix(".png")
-    title = (f"demo (configs/demo.yaml): held-out accuracy vs wall time, {len(seeds)} seed(s)"
-             + (" [quick]" if args.quick else ""))
-    plot(results, figure, title)
+    axis = time_axis(args.workers, args.threads)
+    title = (f"demo (configs/demo.yaml): held-out accuracy vs {'wall' if axis == 'wall_s' else 'training'} time, "
+             f"{len(seeds)} seed(s), {args.workers} at a time" + (" [quick]" if args.quick else ""))
+    plot(results, figure, title, axis)
+    results["time_axis"] = axis
     results["plot"] = str(figure.relative_to(common.ROOT) if figure.is_relative_to(common.ROOT) else figure)
-    config = {"preset": "configs/demo.yaml", "params": params, "seeds": args.seeds, "eval_every": args.eval_every,
-              "eval_every_sft": args.eval_every_sft, "threads": args.threads}
+    config = {"preset": "configs/demo.yaml", "overrides": args.overrides, "params": params, "seeds": args.seeds,
+              "workers": args.workers, "eval_every": args.eval_every, "eval_every_sft": args.eval_every_sft,
+              "threads": args.threads}
     return common.write_result(out, NAME, quick=args.quick, config=config, results=results, load=load.report(),
                                started=started)
 

@@ -1,7 +1,7 @@
 """Peak memory of GRPO training against the group size G, with the per-device batch fixed at 4 completions.
 
 Usage:
-    python -m benchmarks.bench_memory            # G = 4, 8, 16, 32; 3 fresh processes each; about 3 min
+    python -m benchmarks.bench_memory            # G = 4, 8, 16, 32; 2 fresh processes each; about 1.5 min
     python -m benchmarks.bench_memory --quick    # G = 2, 4 with 2 completions per device (tests)
 
 How "the generation batch fixed per device" is read here: what a device holds at once in the forward / backward
@@ -56,7 +56,7 @@ def parse_args(argv=None):
     parser.add_argument("--groups", default="4,8,16,32", help="group sizes G")
     parser.add_argument("--per-device", type=int, default=4, help="completions per device per forward/backward")
     parser.add_argument("--rounds", type=int, default=2, help="generation rounds trained per process")
-    parser.add_argument("--repeats", type=int, default=3, help="fresh processes per G")
+    parser.add_argument("--repeats", type=int, default=2, help="fresh processes per G")
     parser.add_argument("--jobs", type=int, default=2, help="processes measured at once (memory is per process)")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)  # internal: one measured process
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """Step-time overhead of `MMR1Trainer` over `trl.GRPOTrainer` on the same model, data, seed and GRPO settings.
 
 Usage:
-    python -m benchmarks.bench_overhead            # demo-sized steps, 20 interleaved rounds, about 4 min
+    python -m benchmarks.bench_overhead            # demo-sized steps, 14 interleaved rounds, about 2 min
     python -m benchmarks.bench_overhead --quick    # seconds: the smaller tiny model, 3 steps (tests)
 
 Both trainers train the demo's tiny Qwen2.5-VL (random init) on the synthetic counting set with the demo's GRPO
@@ -67,7 +67,7 @@ def parse_args(argv=None):
     parser = common.base_parser(__doc__, NAME)
     parser.add_argument("--interleave", choices=("step", "run"), default="step",
                         help="alternate the variants every step (one trainer each) or every run (fresh trainers)")
-    parser.add_argument("--rounds", type=int, default=20, help="step mode: measured rounds of one step per variant")
+    parser.add_argument("--rounds", type=int, default=14, help="step mode: measured rounds of one step per variant")
     parser.add_argument("--steps", type=int, default=10, help="run mode: optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=2,
                         help="step mode: rounds dropped first; run mode: first steps of each run dropped")

@@ -83,21 +83,28 @@ def test_memory_measures_each_group_in_a_fresh_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_learning_records_accuracy_against_wall_time_per_seed(tmp_path):
-    report = bench_learning.main(["--quick", "--out", str(tmp_path / "learning.json")])
+def test_learning_records_accuracy_against_time_per_seed_in_parallel(tmp_path):
+    report = bench_learning.main(["--quick", "--seeds", "0", "1", "--set", "eval_size=8",
+                                  "--out", str(tmp_path / "learning.json")])
     check_common(report, "learning")
+    assert report["config"]["workers"] == 2 and report["config"]["overrides"] == {"eval_size": 8}
     seeds = report["results"]["seeds"]
-    assert [s["seed"] for s in seeds] == report["config"]["seeds"] == [0]
+    assert [s["seed"] for s in seeds] == report["config"]["seeds"] == [0, 1]  # two processes, results in seed order
     for s in seeds:
         phases = [p["phase"] for p in s["points"]]
         assert phases[0] == "warmstart" and phases[-1] == "grpo"
         grpo = [p for p in s["points"] if p["phase"] == "grpo"]
         assert [p["step"] for p in grpo] == [0, 2, 4]
-        times = [p["wall_s"] for p in s["points"]]
-        assert times == sorted(times)  # training time only moves forward; evaluations are excluded
+        for clock in ("wall_s", "cpu_s"):
+            times = [p[clock] for p in s["points"]]
+            assert times == sorted(times)  # training time only moves forward; evaluations are excluded
         assert all(0.0 <= p["accuracy"] <= 1.0 for p in s["points"])
+        assert s["eval_n"] == 8 and s["warmstart_cpu_s"] > 0 and s["grpo_cpu_s"] > 0
+        by_count = s["accuracy_by_count_after_grpo"]
+        assert by_count and all(k.isdigit() and 0.0 <= v <= 1.0 for k, v in by_count.items())
         assert s["gain"] == pytest.approx(s["accuracy_after_grpo"] - s["accuracy_after_warmstart"])
-    check_summary(report["results"]["gain"], 1)
+    assert report["results"]["time_axis"] == bench_learning.time_axis(2, 1)
+    check_summary(report["results"]["gain"], 2)
     assert (tmp_path / "learning.png").stat().st_size > 0
 
 
@@ -139,3 +146,17 @@ def test_readme_table_is_rebuilt_between_the_markers(tmp_path):
     assert "old table" not in text and text.startswith("# Benchmarks\n\nintro") and text.endswith("after\n")
     assert "1.020 [1.000, 1.040] (n=3)" in table and "✅ met" in table and "≤ 1.05" in table
     assert table in text
+
+
+def test_the_whole_run_is_timed_and_compared_with_its_budget(tmp_path):
+    names = list(run_all.BENCHMARKS)
+    run_all.write_run_record(tmp_path, False, names[:-1], [])  # a subset is not `make bench`: nothing written
+    assert not (tmp_path / "run_all.json").exists()
+    outcomes = [{"name": n, "returncode": 0, "seconds": 120.0} for n in names]
+    run_all.write_run_record(tmp_path, False, names, outcomes)
+    [row] = [r for r in run_all.render_table(tmp_path).splitlines() if "make bench" in r]
+    total = 2 * len(names)
+    assert f"| {total:.1f} (data 2.0, " in row and ("✅ met" if total <= run_all.BUDGET_MIN else "❌ missed") in row
+    outcomes[0]["seconds"] = 60 * run_all.BUDGET_MIN
+    run_all.write_run_record(tmp_path, False, names, outcomes)
+    assert "❌ missed" in next(r for r in run_all.render_table(tmp_path).splitlines() if "make bench" in r)
