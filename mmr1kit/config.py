@@ -18,7 +18,6 @@ from mmr1kit.data.ordering import ORDERS
 from mmr1kit.scale import check_layout
 from mmr1kit.schedules import TEMPERATURE_FUNCS
 
-
 KL_APPROXIMATORS = ("k1", "k2", "k3", "exact", "kimifull")
 KL_ALIASES = {"kimikl": "k2", "kimi": "k2", "fullkimi": "kimifull"}  # MMR1's spellings (README and code disagreed)
 

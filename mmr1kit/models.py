@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-
 SPECIAL_TOKENS = [
     "<|endoftext|>",
     "<|im_start|>",

@@ -19,15 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmr1kit.notebook import (
-    NotebookRunError,
-    _default_run_dir,
-    _repo_root,
-    check_parameters,
-    notebook_parameters,
-    resolve_parameters,
-    run_notebook,
-)
+from mmr1kit.notebook import NotebookRunError, _default_run_dir, _repo_root, run_notebook
+from mmr1kit.parameters import check_parameters, notebook_parameters, resolve_parameters
 from mmr1kit.runs import write_json
 
 logger = logging.getLogger(__name__)

@@ -29,7 +29,6 @@ from mmr1kit.runs import RunRecorder
 from mmr1kit.scale import feed_vllm_unexpanded_images, rollout_check
 from mmr1kit.schedules import temperature_at
 
-
 # Multimodal inputs TRL passes to the policy forward (see GRPOTrainer._compute_loss).
 MULTIMODAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes", "token_type_ids",
                    "mm_token_type_ids", "image_position_ids")

@@ -3,7 +3,6 @@
 from mmr1kit.data.loading import DatasetError, load_dataset, read_card
 from mmr1kit.data.templates import ANSWER_TEMPLATES, QUESTION_TEMPLATES, SYSTEM_PROMPTS
 
-
 __all__ = [
     "ANSWER_TEMPLATES",
     "QUESTION_TEMPLATES",

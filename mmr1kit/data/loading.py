@@ -21,7 +21,6 @@ from PIL import Image, UnidentifiedImageError
 
 from mmr1kit.data import templates
 
-
 MAX_IMAGE_PIXELS = 64_000_000  # decompression-bomb guard: far above any VLM's max_pixels, far below a bomb
 ON_BAD_EXAMPLE = ("error", "skip")
 

@@ -16,7 +16,6 @@ silently replaced by a random sampler (mmr1-spec §5, §15.20). Here ordering is
 import torch
 from trl.trainer.utils import RepeatSampler
 
-
 ORDERS = ("random", "sequential", "curriculum", "reverse_curriculum")
 
 
