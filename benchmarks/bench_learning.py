@@ -44,7 +44,7 @@ def parse_args(argv=None):
     parser = common.base_parser(__doc__, NAME)
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="seeds, each a full pipeline (default 0 1 2; 0 with --quick)")
-    parser.add_argument("--eval-every", type=int, default=25, help="GRPO steps between held-out evaluations")
+    parser.add_argument("--eval-every", type=int, default=20, help="GRPO steps between held-out evaluations")
     parser.add_argument("--eval-every-sft", type=int, default=100, help="warm-start steps between evaluations")
     parser.add_argument("--plot", default=None, help="figure path (default: next to the JSON, .png)")
     parser.add_argument("--workers", type=int, default=None,

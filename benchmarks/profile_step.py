@@ -1,7 +1,7 @@
 """Where a GRPO step of the demo config spends its time: the trainer's phase timers plus a cProfile of the steps.
 
 Usage:
-    python -m benchmarks.profile_step                     # demo config on the demo's warm start (built once, ~2 min)
+    python -m benchmarks.profile_step                     # demo config on a 600-step warm start (built once, ~3 min)
     python -m benchmarks.profile_step --warm-steps 0      # on the random-init model (every completion full length)
     python -m benchmarks.profile_step --set exact_kl_every=0 --set beta=0
     py-spy record -o /tmp/grpo.svg -- .venv/bin/python -m benchmarks.profile_step --no-cprofile   # flame graph
