@@ -302,7 +302,7 @@ def main(argv=None):
     common.setup_torch(args.threads)
     started = time.time()
     params = preset(args.quick, args.overrides)
-    load = common.LoadLog()
+    load = common.LoadLog(own_processes=args.workers * args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-learning-") as workdir:
         seeds = run_seeds(params, args, workdir, load)
     for run in seeds:

@@ -88,7 +88,8 @@ def _load(report: dict) -> str:
     if "max_1min" not in load:
         return "not recorded"
     mark = "" if load.get("quiet") else " ⚠ busy"
-    return f"{load['before'][0]:.2f} → {load['after'][0]:.2f}, max {load['max_1min']:.2f}{mark}"
+    own = f" (quiet below {load['threshold']:.1f}: own processes)" if load.get("threshold", QUIET_LOAD) > QUIET_LOAD else ""
+    return f"{load['before'][0]:.2f} → {load['after'][0]:.2f}, max {load['max_1min']:.2f}{own}{mark}"
 
 
 def _when(report: dict) -> str:

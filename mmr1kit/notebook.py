@@ -254,20 +254,25 @@ def use_project_root() -> Path:
     return Path.cwd()
 
 
+# Set for the kernels `run_notebook` starts. Loading bars (weights, dataset maps) reach papermill's log as one frozen
+# "0%" line each, so they are switched off there; training progress comes from `mmr1kit.progress` instead.
+HEADLESS_KERNEL_ENV = {"MMR1KIT_HEADLESS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                       "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+
+
 @contextlib.contextmanager
 def _headless_kernel():
-    """Kernels started inside inherit `MMR1KIT_HEADLESS=1`: trainers print text progress (`mmr1kit.progress`)."""
-    from mmr1kit.progress import HEADLESS_ENV
-
-    previous = os.environ.get(HEADLESS_ENV)
-    os.environ[HEADLESS_ENV] = "1"
+    """Kernels started inside inherit `HEADLESS_KERNEL_ENV`; this process's environment is restored after."""
+    previous = {name: os.environ.get(name) for name in HEADLESS_KERNEL_ENV}
+    os.environ.update(HEADLESS_KERNEL_ENV)
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop(HEADLESS_ENV, None)
-        else:
-            os.environ[HEADLESS_ENV] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _repo_root(notebook: Path) -> Path:

@@ -160,3 +160,12 @@ def test_the_whole_run_is_timed_and_compared_with_its_budget(tmp_path):
     outcomes[0]["seconds"] = 60 * run_all.BUDGET_MIN
     run_all.write_run_record(tmp_path, False, names, outcomes)
     assert "❌ missed" in next(r for r in run_all.render_table(tmp_path).splitlines() if "make bench" in r)
+
+
+@pytest.mark.parametrize("own", [1, 3])
+def test_load_threshold_counts_the_benchmarks_own_processes(own):
+    from benchmarks import common
+
+    report = common.LoadLog(own_processes=own).report()
+    assert report["threshold"] == common.QUIET_LOAD + own - 1
+    assert report["quiet"] == (report["max_1min"] < report["threshold"])

@@ -187,3 +187,15 @@ def test_use_project_root_leaves_mmr1kit_run_and_the_root_alone(project, monkeyp
     monkeypatch.delenv(HEADLESS_ENV)
     monkeypatch.chdir(project)
     assert use_project_root() == project
+
+
+def test_headless_kernels_get_text_progress_and_no_loading_bars(monkeypatch):
+    from mmr1kit.notebook import HEADLESS_KERNEL_ENV, _headless_kernel
+
+    monkeypatch.delenv(HEADLESS_ENV, raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")
+    with _headless_kernel():
+        assert os.environ[HEADLESS_ENV] == "1" and os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "1"
+        assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+    assert HEADLESS_ENV not in os.environ and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "0"  # restored
+    assert HEADLESS_KERNEL_ENV[HEADLESS_ENV] == "1"

@@ -109,6 +109,7 @@ def test_01_train_grpo_smoke(tmp_path):
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     assert f"[grpo] step {steps}/{steps} (100%)" in text and "[warm start] step 20/20 (100%)" in text
     assert not any("<progress" in o.get("data", {}).get("text/html", "") for o in outputs)
+    assert "Loading weights" not in text  # loading bars are off: under papermill they froze at "0%"
     for name in ("rewards", "kl", "entropy", "rollouts_last_step", "accuracy_by_count"):
         png = tmp_path / "run" / f"{name}.png"
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
