@@ -39,6 +39,7 @@ test-fast: $(STAMP)
 test-vllm: .venv-vllm/bin/python
 	.venv-vllm/bin/python -m pytest -q tests/test_vllm.py -p no:cacheprovider
 
+# Every benchmark, each in a fresh process, then the results table of benchmarks/README.md (about 10 min).
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all
 
