@@ -81,6 +81,12 @@ def preset(quick: bool, overrides: dict | None = None) -> dict:
         params.update(dataset=str(common.counting_data(64, 16)), train_sample_size=64, eval_size=16,
                       warmstart_steps=4, warmstart_batch_size=8, max_steps=4, per_device_train_batch_size=8,
                       num_generations=4, max_completion_length=8)
+    from mmr1kit.config import MMR1Config
+
+    unknown = sorted(set(overrides or {}) - set(params) - set(MMR1Config.field_names()))
+    if unknown:  # a typo would otherwise be dropped silently and the benchmark would measure the unedited demo
+        raise SystemExit(f"--set: {', '.join(unknown)} is neither a parameter of configs/demo.yaml nor an "
+                         f"MMR1Config field")
     return {**params, **(overrides or {})}
 
 

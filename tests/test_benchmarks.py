@@ -169,3 +169,11 @@ def test_load_threshold_counts_the_benchmarks_own_processes(own):
     report = common.LoadLog(own_processes=own).report()
     assert report["threshold"] == common.QUIET_LOAD + own - 1
     assert report["quiet"] == (report["max_1min"] < report["threshold"])
+
+
+def test_learning_rejects_an_unknown_override():
+    with pytest.raises(SystemExit, match="max_step is neither a parameter of configs/demo.yaml"):
+        bench_learning.preset(False, bench_learning.parse_overrides(["max_step=3"]))
+    with pytest.raises(SystemExit, match="--set expects KEY=VALUE"):
+        bench_learning.parse_overrides(["max_steps"])
+    assert bench_learning.preset(False, {"max_steps": 3, "entropy_reg": True})["max_steps"] == 3
