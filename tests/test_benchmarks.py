@@ -21,7 +21,7 @@ def check_common(report, name):
     assert report["versions"]["trl"] and report["versions"]["transformers"] and report["versions"]["torch"]
     load = report["load"]
     assert len(load["before"]) == 3 and len(load["after"]) == 3 and load["max_1min"] >= 0
-    assert isinstance(load["quiet"], bool) and load["threshold"] == 1.5
+    assert isinstance(load["quiet"], bool) and load["threshold"] >= 1.5
     assert report["config"]
 
 
@@ -88,6 +88,7 @@ def test_learning_records_accuracy_against_time_per_seed_in_parallel(tmp_path):
                                   "--out", str(tmp_path / "learning.json")])
     check_common(report, "learning")
     assert report["config"]["workers"] == 2 and report["config"]["overrides"] == {"eval_size": 8}
+    assert report["load"]["threshold"] == 2.5  # its own two processes load the machine by 2
     seeds = report["results"]["seeds"]
     assert [s["seed"] for s in seeds] == report["config"]["seeds"] == [0, 1]  # two processes, results in seed order
     for s in seeds:

@@ -5,7 +5,6 @@ import io
 import pytest
 import torch
 from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
-from transformers.trainer_callback import ProgressCallback
 from transformers.utils.notebook import NotebookProgressCallback
 
 from mmr1kit.progress import HEADLESS_ENV, TextProgressCallback, format_duration, headless, use_text_progress
@@ -78,8 +77,9 @@ def test_swaps_the_notebook_table_only_when_headless(tmp_path, monkeypatch):
     assert not use_text_progress(trainer) and NotebookProgressCallback in callback_types(trainer)
 
 
-def test_a_terminal_keeps_its_tqdm_bar(tmp_path, monkeypatch):
+def test_outside_a_notebook_nothing_changes(tmp_path, monkeypatch):
     monkeypatch.setenv(HEADLESS_ENV, "1")
-    trainer = tiny_trainer(tmp_path, None)
-    assert ProgressCallback in callback_types(trainer)
-    assert not use_text_progress(trainer) and TextProgressCallback not in callback_types(trainer)
+    trainer = tiny_trainer(tmp_path, None)  # a terminal: tqdm's bar, or printed logs where bars are disabled
+    before = callback_types(trainer)
+    assert NotebookProgressCallback not in before
+    assert not use_text_progress(trainer) and callback_types(trainer) == before
