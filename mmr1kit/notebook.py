@@ -254,15 +254,12 @@ def use_project_root() -> Path:
     return Path.cwd()
 
 
-# Set for the kernels `run_notebook` starts. Loading bars (weights, dataset maps) reach papermill's log as one frozen
-# "0%" line each, so they are switched off there; training progress comes from `mmr1kit.progress` instead.
-HEADLESS_KERNEL_ENV = {"MMR1KIT_HEADLESS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-                       "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
-
-
 @contextlib.contextmanager
 def _headless_kernel():
-    """Kernels started inside inherit `HEADLESS_KERNEL_ENV`; this process's environment is restored after."""
+    """Kernels started inside inherit `mmr1kit.progress.HEADLESS_KERNEL_ENV`; this process's environment is restored
+    after."""
+    from mmr1kit.progress import HEADLESS_KERNEL_ENV
+
     previous = {name: os.environ.get(name) for name in HEADLESS_KERNEL_ENV}
     os.environ.update(HEADLESS_KERNEL_ENV)
     try:

@@ -16,6 +16,9 @@ from transformers import TrainerCallback
 from transformers.utils.notebook import NotebookProgressCallback
 
 HEADLESS_ENV = "MMR1KIT_HEADLESS"
+# The environment of the kernels `run_notebook` starts. Loading bars (weights, dataset maps) reach papermill's log as
+# one frozen "0%" line each, so they are switched off there; training progress comes from this module instead.
+HEADLESS_KERNEL_ENV = {HEADLESS_ENV: "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
 # metrics shown when a trainer logs them, in this order: (logged key, label, format)
 SHOWN = (
     ("loss", "loss", "{:.4f}"),

@@ -190,7 +190,7 @@ def test_use_project_root_leaves_mmr1kit_run_and_the_root_alone(project, monkeyp
 
 
 def test_headless_kernels_get_text_progress_and_no_loading_bars(monkeypatch):
-    from mmr1kit.notebook import HEADLESS_KERNEL_ENV, _headless_kernel
+    from mmr1kit.notebook import _headless_kernel
 
     monkeypatch.delenv(HEADLESS_ENV, raising=False)
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")
@@ -198,4 +198,3 @@ def test_headless_kernels_get_text_progress_and_no_loading_bars(monkeypatch):
         assert os.environ[HEADLESS_ENV] == "1" and os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "1"
         assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
     assert HEADLESS_ENV not in os.environ and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "0"  # restored
-    assert HEADLESS_KERNEL_ENV[HEADLESS_ENV] == "1"
