@@ -1,0 +1,83 @@
+"""The GPU presets (`configs/gpu/`), and the warning for a real model run with the CPU smoke-run sizes.
+
+`MMR1Config`'s defaults are sized for a CPU smoke run on the tiny model (learning rate 1e-4, 16-token completions,
+`max_pixels` 12,544, 20 steps, temperature 1.0 without top-p / top-k). On a real checkpoint those settings train
+nothing like MMR1; the presets under `configs/gpu/` carry MMR1's. `warn_smoke_sizes` is called when the config is
+built, before any weights load, and warns once, naming each value still at its smoke size and the preset to use.
+"""
+
+import warnings
+from pathlib import Path
+
+import yaml
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs" / "gpu"
+TINY_NAMES = ("tiny", "tiny-llava")
+TINY_MAX_BYTES = 50_000_000  # the tiny models' weights are a few MB; a 2B model's are GBs
+# field -> its CPU smoke value (MMR1Config's default) and MMR1's value (its published scripts)
+SMOKE_SIZES = {
+    "learning_rate": (1e-4, 1e-6),
+    "max_completion_length": (16, 768),
+    "max_pixels": (112 * 112, 1_000_000),
+    "max_steps": (20, "-1 (one epoch)"),
+}
+
+
+class SmokeSizeWarning(UserWarning):
+    """A real model is configured with sizes meant for a CPU smoke run on the tiny model."""
+
+
+def is_tiny(model_name_or_path) -> bool:
+    """`"tiny"` / `"tiny-llava"`, or a local checkpoint folder whose weight files total under 50 MB."""
+    name = str(model_name_or_path)
+    if name in TINY_NAMES:
+        return True
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        return False  # a hub id, or a path on another machine: treated as a real model
+    weights = [f for pattern in ("*.safetensors", "*.bin") for f in path.glob(pattern)]
+    return bool(weights) and sum(f.stat().st_size for f in weights) < TINY_MAX_BYTES
+
+
+def gpu_presets(model_name_or_path=None) -> list[Path]:
+    """Every preset under `configs/gpu/`: MMR1's own for `model_name_or_path` first, then the model's, then MMR1's."""
+    if not PRESET_DIR.is_dir():
+        return []
+    presets = sorted(PRESET_DIR.glob("*.yaml"))
+    model = str(model_name_or_path).rstrip("/").split("/")[-1].lower()
+    same = [p for p in presets
+            if str((yaml.safe_load(p.read_text()) or {}).get("model_name_or_path", "")).split("/")[-1].lower() == model]
+    mmr1 = [p for p in presets if p.stem.startswith("mmr1_")]  # MMR1's own published scripts
+    order = [p for p in same if p in mmr1] + same + mmr1 + presets
+    return list(dict.fromkeys(order))
+
+
+def smoke_sizes(config) -> dict:
+    """`{field: value}` of the fields of `config` still at their CPU smoke-run value (see `SMOKE_SIZES`)."""
+    found = {name: getattr(config, name) for name, (smoke, _) in SMOKE_SIZES.items() if getattr(config, name) == smoke}
+    if config.temperature == 1.0 and config.top_p == 1.0 and not config.top_k:
+        found["temperature"] = "1.0 without top_p / top_k"
+    return found
+
+
+def warn_smoke_sizes(config) -> str | None:
+    """Warn (`SmokeSizeWarning`, once per config) when a model that is not a tiny one has CPU smoke-run sizes.
+
+    Returns the message, or `None` when there is nothing to say.
+    """
+    if is_tiny(config.model_name_or_path):
+        return None
+    found = smoke_sizes(config)
+    if not found:
+        return None
+    values = ", ".join(f"{k}={v}" for k, v in found.items())
+    mmr1 = ", ".join(f"{k}={SMOKE_SIZES[k][1]}" for k in found if k in SMOKE_SIZES)
+    mmr1 += ", temperature=0.9 with top_p=0.9, top_k=50" if "temperature" in found else ""
+    presets = gpu_presets(config.model_name_or_path)
+    root = PRESET_DIR.parent.parent
+    suggestion = (f"start from a preset, e.g. {presets[0].relative_to(root)} (all in configs/gpu/)" if presets
+                  else "start from a preset in the repository's configs/gpu/")
+    message = (f"MMR1Config: model {config.model_name_or_path} with CPU smoke-run sizes ({values}); MMR1 used "
+               f"{mmr1}: {suggestion}")
+    warnings.warn(message, SmokeSizeWarning, stacklevel=4)  # the caller of MMR1Config(...)
+    return message
