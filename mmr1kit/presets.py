@@ -55,7 +55,8 @@ def gpu_presets(model_name_or_path=None) -> list[Path]:
 def smoke_sizes(config) -> dict:
     """`{field: value}` of the fields of `config` still at their CPU smoke-run value (see `SMOKE_SIZES`)."""
     found = {name: getattr(config, name) for name, (smoke, _) in SMOKE_SIZES.items() if getattr(config, name) == smoke}
-    if config.temperature == 1.0 and config.top_p == 1.0 and not config.top_k:
+    # TRL's default sampling is named too, but alone it is a choice (the vLLM presets sample at 1.0), not a smoke size
+    if found and config.temperature == 1.0 and config.top_p == 1.0 and not config.top_k:
         found["temperature"] = "1.0 without top_p / top_k"
     return found
 
