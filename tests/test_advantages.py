@@ -1,6 +1,7 @@
 """Group advantages (TRL's and MMR1's), MMR1's reward_std, and the hook that applies them inside the trainer."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from mmr1kit import advantages
 from mmr1kit.advantages import group_advantages, within_group_std
 from mmr1kit.config import MMR1Config
 
+ROOT = Path(__file__).resolve().parent.parent
 # G = 4. group 0: mixed ; group 1: all 1 ; group 2: all 0 ; group 3: all -0.5 ; group 4: one large outlier
 REWARDS = torch.tensor([1.0, 0.0, 0.0, 1.0] + [1.0] * 4 + [0.0] * 4 + [-0.5] * 4 + [3.0, 0.0, 0.0, 0.0])
 # group 0: mean 0.5, unbiased std sqrt(4 * 0.25 / 3) = sqrt(1/3)
@@ -184,3 +186,23 @@ def test_evaluation_rounds_use_their_own_group_size_and_rows(trainers):
     torch.testing.assert_close(out["advantages"], expected, rtol=1e-5, atol=1e-6)
     assert trainer._metrics["eval"]["reward_std/within_group"][-1] == pytest.approx(within_group_std(rewards, 2))
     trainer.model.train()
+
+
+@pytest.mark.slow
+def test_reward_std_within_group_reaches_the_run_record(qwen_path, counting_dir, tmp_path):
+    import json
+
+    from objective_helpers import BASE
+
+    from mmr1kit.data import load_dataset
+    from mmr1kit.trainer import MMR1Trainer
+
+    config = MMR1Config.from_dict({**BASE, "max_steps": 1, "beta": 0.0, "run_dir": str(tmp_path / "run")})
+    dataset = load_dataset(counting_dir, "train", config)
+    MMR1Trainer(model=str(qwen_path), reward_funcs=[parity_reward], args=config, train_dataset=dataset).train()
+    (row,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rollouts = [json.loads(line) for line in (tmp_path / "run" / "rollouts.jsonl").read_text().splitlines()]
+    rewards = torch.tensor([r["rewards/parity_reward"] for r in rollouts])  # NaN: unscorable
+    assert row["reward_std/within_group"] == pytest.approx(within_group_std(rewards, 4), rel=1e-5)
+    docs = (ROOT / "docs" / "metrics.md").read_text()
+    assert "| `reward_std/within_group` | mmr1kit | MMR1's `reward_std`: the mean over the step's groups" in docs

@@ -247,8 +247,8 @@ def test_kimi_loss_gradient_matches_the_hand_derived_one(qwen_path, counting_dir
 
 @pytest.mark.slow
 def test_temperature_schedule_reaches_generate_and_the_loss(qwen_path, counting_dir, tmp_path):
-    trainer = make(qwen_path, counting_dir, tmp_path, max_steps=3, temperature_func="linear", temperature_begin=0.5,
-                   temperature_end=1.5, beta=0.0)
+    trainer = make(qwen_path, counting_dir, tmp_path, max_steps=3, temperature_func="linear", temperature_begin=0.7,
+                   temperature_end=1.2, beta=0.0)
     used, model = [], trainer.model
     generate = model.generate
 
@@ -261,7 +261,7 @@ def test_temperature_schedule_reaches_generate_and_the_loss(qwen_path, counting_
     code = model.forward.__func__.__code__
     temps = [t for t, _ in used]
     heads = [cells[code.co_freevars.index("temperature")].cell_contents for _, cells in used]
-    assert temps == pytest.approx([0.5, 1.0, 1.5])  # temperature_begin at the first step, temperature_end at the last
+    assert temps == pytest.approx([0.7, 0.95, 1.2])  # temperature_begin at the first step, temperature_end at the last
     assert heads[-1] == pytest.approx(temps[-1])  # the loss's log-probs use the same temperature
     logged = [h["temperature"] for h in trainer.state.log_history if "temperature" in h]
     assert logged == pytest.approx(temps)
