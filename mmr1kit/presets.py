@@ -6,6 +6,7 @@ nothing like MMR1; the presets under `configs/gpu/` carry MMR1's. `warn_smoke_si
 built, before any weights load, and warns once, naming each value still at its smoke size and the preset to use.
 """
 
+import os
 import warnings
 from pathlib import Path
 
@@ -62,12 +63,12 @@ def smoke_sizes(config) -> dict:
 
 
 def warn_smoke_sizes(config) -> str | None:
-    """Warn (`SmokeSizeWarning`, once per config) when a model that is not a tiny one has CPU smoke-run sizes.
+    """Warn (`SmokeSizeWarning`, on the main process) when a model that is not a tiny one has CPU smoke-run sizes.
 
     Returns the message, or `None` when there is nothing to say.
     """
-    if is_tiny(config.model_name_or_path):
-        return None
+    if os.environ.get("RANK", "0") != "0" or is_tiny(config.model_name_or_path):
+        return None  # one warning per run: the main process of a launch says it
     found = smoke_sizes(config)
     if not found:
         return None

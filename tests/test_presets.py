@@ -42,6 +42,11 @@ def test_a_real_model_with_smoke_sizes_gets_one_warning_naming_values_and_preset
     assert yaml.safe_load((ROOT / preset).read_text())["model_name_or_path"] == "Qwen/Qwen2-VL-2B-Instruct"
 
 
+def test_only_the_main_process_of_a_launch_warns(monkeypatch):
+    monkeypatch.setenv("RANK", "3")
+    assert caught(model_name_or_path="Qwen/Qwen2-VL-2B-Instruct") == []
+
+
 def test_only_the_values_still_at_smoke_size_are_named():
     (warning,) = caught(model_name_or_path="some-org/some-vlm", learning_rate=1e-6, temperature=0.9, top_p=0.9)
     message = str(warning.message)
