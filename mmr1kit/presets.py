@@ -3,7 +3,9 @@
 `MMR1Config`'s defaults are sized for a CPU smoke run on the tiny model (learning rate 1e-4, 16-token completions,
 `max_pixels` 12,544, 20 steps, temperature 1.0 without top-p / top-k). On a real checkpoint those settings train
 nothing like MMR1; the presets under `configs/gpu/` carry MMR1's. `warn_smoke_sizes` is called when the config is
-built, before any weights load, and warns once, naming each value still at its smoke size and the preset to use.
+built, before any weights load, and warns once, naming each value in a smoke-run range (learning rate >= 1e-4,
+completions under 64 tokens, `max_pixels` <= 12,544, 1 to 50 steps; temperature 1.0 without top-p / top-k next to
+any of them) and the preset to use.
 """
 
 import os
@@ -15,12 +17,13 @@ import yaml
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs" / "gpu"
 TINY_NAMES = ("tiny", "tiny-llava")
 TINY_MAX_BYTES = 50_000_000  # the tiny models' weights are a few MB; a 2B model's are GBs
-# field -> its CPU smoke value (MMR1Config's default) and MMR1's value (its published scripts)
+# field -> (is it a CPU smoke-run size?, MMR1's value in its published scripts). The smoke ranges hold MMR1Config's
+# defaults (1e-4, 16 tokens, 12,544 pixels, 20 steps) and notebook 01's (12 tokens, 4 steps).
 SMOKE_SIZES = {
-    "learning_rate": (1e-4, 1e-6),
-    "max_completion_length": (16, 768),
-    "max_pixels": (112 * 112, 1_000_000),
-    "max_steps": (20, "-1 (one epoch)"),
+    "learning_rate": (lambda v: v >= 1e-4, 1e-6),
+    "max_completion_length": (lambda v: v is not None and v < 64, 768),
+    "max_pixels": (lambda v: v <= 112 * 112, 1_000_000),
+    "max_steps": (lambda v: 0 < v <= 50, "-1 (one epoch)"),
 }
 
 
@@ -54,8 +57,8 @@ def gpu_presets(model_name_or_path=None) -> list[Path]:
 
 
 def smoke_sizes(config) -> dict:
-    """`{field: value}` of the fields of `config` still at their CPU smoke-run value (see `SMOKE_SIZES`)."""
-    found = {name: getattr(config, name) for name, (smoke, _) in SMOKE_SIZES.items() if getattr(config, name) == smoke}
+    """`{field: value}` of the fields of `config` at a CPU smoke-run size (see `SMOKE_SIZES`)."""
+    found = {name: getattr(config, name) for name, (smoke, _) in SMOKE_SIZES.items() if smoke(getattr(config, name))}
     # TRL's default sampling is named too, but alone it is a choice (the vLLM presets sample at 1.0), not a smoke size
     if found and config.temperature == 1.0 and config.top_p == 1.0 and not config.top_k:
         found["temperature"] = "1.0 without top_p / top_k"

@@ -47,6 +47,11 @@ def test_only_the_main_process_of_a_launch_warns(monkeypatch):
     assert caught(model_name_or_path="Qwen/Qwen2-VL-2B-Instruct") == []
 
 
+def test_notebook_01s_smoke_sizes_are_named_too():
+    (warning,) = caught(model_name_or_path="Qwen/Qwen2-VL-2B-Instruct", max_completion_length=12, max_steps=4)
+    assert "max_completion_length=12" in str(warning.message) and "max_steps=4" in str(warning.message)
+
+
 def test_only_the_values_still_at_smoke_size_are_named():
     (warning,) = caught(model_name_or_path="some-org/some-vlm", learning_rate=1e-6, temperature=0.9, top_p=0.9)
     message = str(warning.message)
