@@ -14,12 +14,15 @@ from pathlib import Path
 import yaml
 from trl import GRPOConfig
 
+from mmr1kit import advantages
 from mmr1kit.data.ordering import ORDERS
+from mmr1kit.presets import warn_smoke_sizes
 from mmr1kit.scale import check_layout
 from mmr1kit.schedules import TEMPERATURE_FUNCS
 
 KL_APPROXIMATORS = ("k1", "k2", "k3", "exact", "kimifull")
 KL_ALIASES = {"kimikl": "k2", "kimi": "k2", "fullkimi": "kimifull"}  # MMR1's spellings (README and code disagreed)
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.16's _compute_loss
 
 
 def _use_cpu() -> bool:
@@ -44,7 +47,14 @@ class MMR1Config(GRPOConfig):
 
     use_kl, kl_approximator, entropy_reg, entropy_weight, temperature_func, temperature_begin, temperature_end,
     order_dataset, reward_funcs, reward_scale, no_mean_for_same_reward, train_sample_size, system_prompt_template,
-    question_template, answer_template, min_pixels, max_pixels.
+    question_template, answer_template, min_pixels, max_pixels; and `image_root` for MMR1's JSON files.
+
+    > TRL defaults changed to MMR1's objective (`docs/objective.md`, "Reproducing an MMR1 run"):
+
+    use_bias_correction_kl (`bool`, defaults to `False`; TRL: `True`): with `True`, TRL multiplies its k3 term by the
+        importance ratio `exp(logp - sg(logp))`, which makes k3's gradient the unbiased reverse-KL gradient
+        `(logp - ref) * grad logp`, i.e. k2's; MMR1's k3 gradient is `(1 - exp(ref - logp)) * grad logp`. It applies
+        to `kl_approximator="k3"` only.
     """
 
     # Run
@@ -61,6 +71,10 @@ class MMR1Config(GRPOConfig):
     use_kl: bool = field(default=True, metadata={"help": "Add beta * KL to the loss (KL is logged either way)."})
     kl_approximator: str = field(
         default="k3", metadata={"help": "KL in the loss: k1, k2 (kimikl), k3, exact, kimifull (fullkimi)."}
+    )
+    use_bias_correction_kl: bool = field(
+        default=False,
+        metadata={"help": "TRL's k3 term times the importance ratio: its gradient becomes k2's (TRL defaults to True)."},
     )
     exact_kl_every: int = field(
         default=1, metadata={"help": "Log kl/exact and the reference entropy every N steps (0: never)."}
@@ -91,7 +105,12 @@ class MMR1Config(GRPOConfig):
     order_dataset: str = field(
         default="random", metadata={"help": "random, sequential, curriculum or reverse_curriculum."}
     )
-    train_sample_size: int | None = field(default=None, metadata={"help": "Seeded random subset of the train split."})
+    train_sample_size: int | None = field(
+        default=None, metadata={"help": "Seeded random subset of the train split (held-out splits stay whole)."}
+    )
+    image_root: str | None = field(
+        default=None, metadata={"help": "Folder that relative image paths start from (default: the JSON's folder)."}
+    )
     system_prompt_template: str = field(default="default", metadata={"help": "Template key or literal prompt."})
     question_template: str = field(default="default", metadata={"help": "Template key or text with {question}."})
     answer_template: str = field(default="default", metadata={"help": "Template key or text with {answer}."})
@@ -135,6 +154,7 @@ class MMR1Config(GRPOConfig):
             super().__post_init__()
         except ValueError as e:
             raise ValueError(f"MMR1Config: {e}") from None
+        warn_smoke_sizes(self)  # a real model with the CPU smoke-run sizes: one warning naming the GPU preset
 
     def _check_fields(self):
         def bad(name, message):
@@ -148,11 +168,12 @@ class MMR1Config(GRPOConfig):
         for name in ("temperature_begin", "temperature_end", "temperature"):
             if not getattr(self, name) > 0:
                 bad(name, "a sampling temperature must be > 0")
-        if self.kl_approximator == "kimifull":
-            if self.scale_rewards not in ("none", False):
-                bad("scale_rewards", "kl_approximator='kimifull' uses A = r - mean(group): set scale_rewards='none'")
-            if self.no_mean_for_same_reward:
-                bad("no_mean_for_same_reward", "does not combine with kl_approximator='kimifull'")
+        if self.loss_type not in LOSS_TYPES:
+            bad("loss_type", f"expected one of {LOSS_TYPES} (TRL 1.16's loss types)")
+        self.scale_rewards = {True: "group", False: "none"}.get(self.scale_rewards, self.scale_rewards)
+        error = advantages.config_error(self)  # scale_rewards, aggregation, no_mean_for_same_reward, kimifull
+        if error:
+            bad(*error)
         if self.use_peft and (self.kl_approximator == "exact" or self.exact_kl_every):
             if self.kl_approximator == "exact":
                 bad("kl_approximator", "the exact KL needs a separate reference model; with use_peft use k1, k2 or k3")

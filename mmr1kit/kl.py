@@ -1,4 +1,4 @@
-r"""KL estimators, exact full-vocabulary KL, the Kimi k1.5 surrogate loss and group advantages.
+r"""KL estimators, exact full-vocabulary KL and the Kimi k1.5 surrogate loss (group advantages: `mmr1kit.advantages`).
 
 All functions are pure tensor functions. Shapes: `B` completions, `T` completion tokens, `V` vocabulary size,
 `N = B` rewards (one per completion, `num_generations` consecutive completions per prompt).
@@ -17,19 +17,18 @@ Differences from MMR1 (see `mmr1-spec.md` §2, §15):
 
 1. Both spellings of the Kimi names are accepted (`kimikl`/`kimi`, `fullkimi`/`kimifull`); MMR1 crashed on the README's.
 2. `kimi_loss` is Kimi k1.5's sequence-level surrogate with `-A * log pi`, not MMR1's per-token `-A * exp(logp)`.
-3. `group_advantages(no_mean_for_same_reward=True)` detects identical-reward groups with `max == min`, not `std != 0`
-   (a float mean of identical rewards can leave a ~1e-17 std and silently skip the mask).
-4. `exact` is new: the full-distribution KL, computed in vocabulary chunks.
+3. `exact` is new: the full-distribution KL, computed in vocabulary chunks.
 
 No clamping of the log-ratio is applied (verl clamps k3 to [-10, 10]); callers that need it clamp the result.
 """
 
 import torch
 
+from mmr1kit.advantages import group_advantages  # noqa: F401  (its home is mmr1kit.advantages)
+
 ESTIMATORS = ("k1", "k2", "k3")
 # MMR1 spellings -> our names. "kimifull" is a loss mode (see `kimi_loss`), "exact" is `exact()`, not estimators.
 ALIASES = {"kimikl": "k2", "kimi": "k2", "fullkimi": "kimifull", "kimifull": "kimifull", "exact": "exact"}
-ADVANTAGE_SCALES = ("group", "batch", "none")
 
 
 def canonical_name(kind: str) -> str:
@@ -247,64 +246,6 @@ def kimi_loss(
     loss = (pg + kl).mean()
     stats = {"pg_loss": pg.mean().item(), "kl_loss": kl.mean().item(), "logratio": logratio.mean().item()}
     return loss, stats
-
-
-def group_advantages(
-    rewards: torch.Tensor,
-    num_generations: int,
-    scale: str = "group",
-    no_mean_for_same_reward: bool = False,
-    eps: float = 1e-4,
-) -> torch.Tensor:
-    r"""
-    Group-relative advantages, MMR1's variants. Consecutive blocks of `num_generations` rewards form a group `g`.
-
-    - `scale="group"` (MMR1's default, TRL's `scale_rewards="group"`): `A = (r - mean_g) / (std_g + eps)`.
-    - `scale="batch"` (TRL's `"batch"`): `A = (r - mean_g) / (std_batch + eps)`.
-    - `scale="none"`: `A = r - mean_g`. This is Kimi k1.5's "mean only" advantage (MMR1 `fullkimi`), for `kimi_loss`.
-    - `no_mean_for_same_reward=True` (MMR1): groups whose rewards are all identical are not centred, and the result
-      is clamped: `A = clamp((r - mean_g * [group not all equal]) / (std + eps), -1, 1)` (no division when
-      `scale="none"`). An all-equal group thus gets `clamp(r / eps, -1, 1)`: +1 if all are positive, -1 if negative,
-      0 if zero. In MMR1 this took precedence over `fullkimi`'s mean-only rule: pass `scale="group"` to reproduce.
-
-    `std` is the unbiased (N - 1) standard deviation, torch's default, as in MMR1; TRL 1.16's `nanstd` applies the
-    same Bessel correction but skips NaN rewards (unscorable completions). This function needs finite rewards:
-    handle unscorable completions before calling it. "All identical" is tested with `max == min`.
-
-    Args:
-        rewards (`torch.Tensor` of shape `(N,)`):
-            Summed (and scaled) reward per completion, grouped consecutively.
-        num_generations (`int`):
-            Group size `G >= 2`; must divide `N`.
-        scale (`str`, *optional*, defaults to `"group"`):
-            `"group"`, `"batch"` or `"none"`.
-        no_mean_for_same_reward (`bool`, *optional*, defaults to `False`):
-            MMR1's flag, see above.
-        eps (`float`, *optional*, defaults to `1e-4`):
-            Added to the std (MMR1 and TRL use 1e-4).
-
-    Returns:
-        `torch.Tensor` of shape `(N,)`.
-    """
-    if scale not in ADVANTAGE_SCALES:
-        raise ValueError(f"Unknown scale {scale!r}; valid values are {', '.join(ADVANTAGE_SCALES)}.")
-    if rewards.dim() != 1:
-        raise ValueError(f"`rewards` must be 1-D (N,), got shape {tuple(rewards.shape)}.")
-    if num_generations < 2 or rewards.numel() % num_generations != 0:
-        raise ValueError(f"num_generations={num_generations} must be >= 2 and divide N={rewards.numel()}.")
-    if not torch.isfinite(rewards).all():
-        raise ValueError("`rewards` must be finite; handle unscorable (NaN) completions before computing advantages.")
-    grouped = rewards.view(-1, num_generations)
-    centre = grouped.mean(1, keepdim=True)
-    if no_mean_for_same_reward:
-        centre = centre * (grouped.amax(1, keepdim=True) != grouped.amin(1, keepdim=True))
-    advantages = grouped - centre
-    if scale == "group":
-        advantages = advantages / (grouped.std(1, keepdim=True) + eps)
-    elif scale == "batch":
-        advantages = advantages / (rewards.std() + eps)
-    advantages = advantages.reshape(-1)
-    return advantages.clamp(-1.0, 1.0) if no_mean_for_same_reward else advantages
 
 
 def exact_from_hidden(

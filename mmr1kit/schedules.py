@@ -5,7 +5,9 @@ function of plain numbers (no torch); a trainer callback evaluates it and sets t
 
 Differences from MMR1 (see `mmr1-spec.md` §4 and §15.7):
 
-1. `total_steps` is the run's number of **optimizer steps** (`TrainerState.max_steps`). MMR1 HEAD used
+1. `step` and `total_steps` count **optimizer steps**: the trainer passes the step about to run
+   (`0 .. max_steps - 1`) and `total_steps = max_steps - 1`, so the first step samples at `begin` and the last at
+   `end` (`mmr1kit.trainer.TemperatureCallback`). MMR1 HEAD used
    `len(train_dataset) * num_generations // per_device_train_batch_size`, a count of samples per device, so a
    linear schedule covered only `1 / (num_processes * gradient_accumulation_steps)` of its range in one epoch
    (7 GPUs x GA 2: 0.1 rose to about 0.16 instead of 1.0).
@@ -45,7 +47,8 @@ def temperature_at(func: str, step: int, total_steps: int, *, temperature: float
         step (`int`):
             Current optimizer step (`TrainerState.global_step`). Values outside `[0, total_steps]` are clamped.
         total_steps (`int`):
-            Total optimizer steps of the run (`TrainerState.max_steps`), not samples per device as in MMR1.
+            The step that samples at `end`, in optimizer steps (the trainer passes `TrainerState.max_steps - 1`, at
+            least 1), not samples per device as in MMR1.
         temperature (`float`):
             Temperature of the `"constant"` schedule. Must be > 0 when `func == "constant"`.
         begin (`float`):

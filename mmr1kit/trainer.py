@@ -21,6 +21,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
+from mmr1kit import advantages as mmr1_advantages
 from mmr1kit import kl
 from mmr1kit.data.ordering import OrderedRepeatSampler, prompt_order
 from mmr1kit.guards import NonFiniteGuard, NonFiniteTrainingError
@@ -86,7 +87,11 @@ def capture_hidden(model, logits_to_keep: int, enabled: bool = True):
 
 
 class TemperatureCallback(TrainerCallback):
-    """Sets the sampling temperature of the coming optimizer step from `temperature_func` (logged as `temperature`)."""
+    """Sets the sampling temperature of the coming optimizer step from `temperature_func` (logged as `temperature`).
+
+    Optimizer steps are numbered `0 .. max_steps - 1` here (`state.global_step` before the step), and the schedule runs
+    over `max_steps - 1` of them: the first step samples at `temperature_begin`, the last at `temperature_end`.
+    """
 
     def __init__(self, trainer):
         self.trainer = trainer
@@ -95,7 +100,7 @@ class TemperatureCallback(TrainerCallback):
         t = temperature_at(
             args.temperature_func,
             state.global_step,
-            max(state.max_steps, 1),
+            max(state.max_steps - 1, 1),
             temperature=args.temperature,
             begin=args.temperature_begin,
             end=args.temperature_end,
@@ -155,6 +160,7 @@ class MMR1Trainer(GRPOTrainer):
         reward_funcs = get_reward_funcs(args.reward_funcs) if reward_funcs is None else reward_funcs
         self._policy_pass = None  # (logps, entropies, hidden or None) of the last policy forward with entropies
         self._ref_hidden = None  # (B, T, H) of the last reference pass, when the exact KL will need it
+        self._round_rewards = None  # (N, n_funcs) of the round being scored
         self._timing = {}
         self.recorder = None
         super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
@@ -264,6 +270,7 @@ class MMR1Trainer(GRPOTrainer):
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         start = time.perf_counter()
         out = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._round_rewards = out  # (N, n_funcs), all processes: what TRL's advantages were computed from
         self._time("score", start)
         return out
 
@@ -437,16 +444,8 @@ class MMR1Trainer(GRPOTrainer):
             output["ref_hidden"], self._ref_hidden = self._ref_hidden, None
         rollout_check(self, output)  # vLLM's log-probs vs the trainer's: rollout/logp_diff_mean, rollout/logp_diff_max
         mode = "train" if self.model.training else "eval"
-        names = self.reward_func_names
-        # TRL keeps exactly one generation batch (all processes) in `_logs`, just filled by the call above.
-        rewards_per_func = torch.tensor([list(self._logs["rewards"][n]) for n in names]).T  # (N, n_funcs)
-        advantages = torch.tensor(list(self._logs["advantages"]))
-        if self.args.no_mean_for_same_reward:
-            total = (rewards_per_func * self.reward_weights.cpu()).nansum(dim=1)
-            advantages = kl.group_advantages(total, self.num_generations, no_mean_for_same_reward=True)
-            n_local = output["advantages"].size(0)
-            start_local = self.accelerator.process_index * n_local
-            output["advantages"] = advantages[start_local : start_local + n_local].to(output["advantages"].device)
+        rewards_per_func, self._round_rewards = self._round_rewards.cpu(), None  # (N, n_funcs), this round's
+        advantages = mmr1_advantages.apply(self, output, rewards_per_func, mode)  # (N,): MMR1's variants, reward_std
         if mode == "train":
             lengths = output["completion_mask"].sum(1)
             last = output["completion_ids"].gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)

@@ -25,11 +25,27 @@ def test_defaults_are_a_cpu_smoke_run():
         ({"num_generations": 3, "per_device_train_batch_size": 8}, "num_generations"),  # 8 % 3 != 0
         ({"num_generations": 1, "per_device_train_batch_size": 8}, "num_generations"),  # GRPO needs G >= 2
         ({"on_bad_example": "ignore"}, "on_bad_example"),
+        ({"loss_type": "ppo"}, "loss_type"),  # TRL would only fail at the first loss computation
+        ({"scale_rewards": "global"}, "scale_rewards"),
     ],
 )
 def test_invalid_values_name_the_field(values, field):
     with pytest.raises(ValueError, match=field):
         MMR1Config.from_dict(values)
+
+
+def test_mmr1s_k3_gradient_by_default():
+    # TRL 1.16 defaults use_bias_correction_kl to True, which gives k3 the gradient of k2 (docs/objective.md)
+    assert MMR1Config().use_bias_correction_kl is False
+    assert MMR1Config(use_bias_correction_kl=True).use_bias_correction_kl is True  # still available
+
+
+def test_bad_choice_is_one_line_naming_the_field_and_the_choices():
+    with pytest.raises(ValueError) as info:
+        MMR1Config(loss_type="ppo")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("MMR1Config.loss_type='ppo'")
+    assert all(name in message for name in ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo"))
 
 
 def test_mmr1_aliases_are_accepted():

@@ -81,7 +81,7 @@ def test_card_generates_and_loads(tmp_path):
         ({"problem": "q", "solution": None, "image": "ok.png"}, "solution", "string or a number"),  # wrong type
         ({"problem": "q", "solution": "1", "image": 7}, "image", "path"),  # not a path
         ({"problem": "q", "solution": "1", "image": "missing.png"}, "image", "looked for"),  # no such file
-        ({"problem": "q", "solution": "1", "image": "../../etc/passwd"}, "image", "escapes"),  # outside the root
+        ({"problem": "q", "solution": "1", "image": "../../no/such.png"}, "image", "looked for"),  # outside, absent
         ({"problem": "q", "solution": "x", "image": "ok.png", "task": "grounding"}, "solution", "grounding"),
     ],
 )
@@ -94,6 +94,49 @@ def test_bad_rows_name_file_row_field_value(image_dir, row, field, message):
     assert isinstance(err, ValueError)
     assert (err.file, err.row, err.field) == (str(path), 2, field)
     assert str(path) in str(err) and "row 2" in str(err)
+
+
+def test_mmr1s_absolute_paths_and_paths_outside_the_folder_load(tmp_path):
+    images, data = tmp_path / "images", tmp_path / "data" / "json"
+    images.mkdir()
+    data.mkdir(parents=True)
+    Image.new("RGB", (40, 30), "red").save(images / "a.png")
+    rows = [
+        {"id": "abs", "problem": "q", "solution": "1", "image": str(images / "a.png")},  # MMR1's own JSON files
+        {"id": "up", "problem": "q", "solution": "1", "image": "../../images/a.png"},  # outside the JSON's folder
+    ]
+    ds = load_dataset(_write(data, rows))
+    assert ds["image_path"] == [str(images / "a.png")] * 2 and ds[1]["image"].size == (40, 30)
+
+
+def test_image_root_resolves_relative_paths(tmp_path):
+    images, data = tmp_path / "store", tmp_path / "json"
+    (images / "sub").mkdir(parents=True)
+    data.mkdir()
+    Image.new("RGB", (20, 10)).save(images / "sub" / "b.png")
+    path = _write(data, [{"id": "r", "problem": "q", "solution": "1", "image": "sub/b.png"},
+                         {"id": "gone", "problem": "q", "solution": "1", "image": "sub/nope.png"}])
+    with pytest.raises(DatasetError, match=f"row 1.*looked for {data / 'sub' / 'b.png'}"):
+        load_dataset(path)  # relative to the JSON's folder by default
+    with pytest.raises(DatasetError, match=f"row 2.*looked for {images / 'sub' / 'nope.png'}"):
+        load_dataset(path, image_root=str(images))  # a missing image is still a clear error ...
+    ds = load_dataset(path, image_root=str(images), on_bad_example="skip")  # ... or a counted skip
+    assert ds["image_path"] == [str(images / "sub" / "b.png")]
+    assert [row for _, row, _ in ds.bad_examples["missing_image"]] == [2]
+    from mmr1kit.config import MMR1Config
+
+    assert len(load_dataset(path, "train", MMR1Config(image_root=str(images), on_bad_example="skip"))) == 1
+    with pytest.raises(DatasetError, match="image_root"):
+        load_dataset(path, image_root=str(tmp_path / "nowhere"))
+
+
+def test_train_sample_size_cuts_the_train_split_only(counting_dir):
+    from mmr1kit.config import MMR1Config
+
+    config = MMR1Config(train_sample_size=10)
+    assert len(load_dataset(counting_dir, "train", config)) == 10
+    assert len(load_dataset(counting_dir, "test", config)) == 32  # the held-out split stays whole
+    assert len(load_dataset(counting_dir, "test", train_sample_size=5)) == 32
 
 
 def test_missing_image_names_the_path_it_looked_for(image_dir):
@@ -157,13 +200,13 @@ def _corpus(root):
         json.dumps({"id": "c", "problem": "q", "solution": "1", "image": "truncated.png"}),  # truncated image
         json.dumps({"id": "z", "problem": "q", "solution": "1", "image": "empty.png"}),  # zero-byte image
         json.dumps({"id": "h", "problem": "q", "solution": "1", "image": "huge.png"}),  # decompression bomb
-        json.dumps({"id": "x", "problem": "q", "solution": "1", "image": "../outside.png"}),  # escapes the root
+        json.dumps({"id": "x", "problem": "q", "solution": "1", "image": "../outside.png"}),  # outside, absent
         good(0),  # duplicate id
     ]
     path = root / "corpus.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    expected = {"invalid_json": [4], "missing_field": [5], "bad_problem": [6, 7], "missing_image": [8],
-                "bad_image": [9, 10, 11, 12], "bad_id": [13]}
+    expected = {"invalid_json": [4], "missing_field": [5], "bad_problem": [6, 7], "missing_image": [8, 12],
+                "bad_image": [9, 10, 11], "bad_id": [13]}
     return path, expected
 
 
@@ -179,4 +222,4 @@ def test_bad_data_corpus_skip_mode_counts_every_reason(tmp_path):
     assert ds["id"] == ["g0", "g1", "g2"]
     assert {k: [row for _, row, _ in v] for k, v in ds.bad_examples.items()} == expected
     assert all(ds[i]["image"].mode == "RGB" for i in range(3))  # palette and 16-bit images converted on decode
-    assert "escapes" in ds.bad_examples["bad_image"][-1][2]
+    assert "outside.png" in ds.bad_examples["missing_image"][-1][2]

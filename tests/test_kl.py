@@ -345,65 +345,6 @@ def test_kimi_loss_rejects_negative_tau():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Group advantages
-# ---------------------------------------------------------------------------------------------------------------------
-
-# G = 4. group 0: mixed ; group 1: all 1 ; group 2: all 0 ; group 3: all -0.5 ; group 4: one large outlier
-REWARDS = torch.tensor([1.0, 0.0, 0.0, 1.0] + [1.0] * 4 + [0.0] * 4 + [-0.5] * 4 + [3.0, 0.0, 0.0, 0.0])
-# group 0: mean 0.5, unbiased std sqrt(4 * 0.25 / 3) = sqrt(1/3)
-Z0 = 0.5 / (math.sqrt(1 / 3) + 1e-4)
-# group 4: mean 0.75, unbiased std sqrt((2.25^2 + 3 * 0.75^2) / 3) = sqrt(2.25) = 1.5
-Z4_HI, Z4_LO = 2.25 / 1.5001, -0.75 / 1.5001
-
-
-def test_group_advantages_default_zscore():
-    expected = [Z0, -Z0, -Z0, Z0] + [0.0] * 12 + [Z4_HI, Z4_LO, Z4_LO, Z4_LO]
-    torch.testing.assert_close(kl.group_advantages(REWARDS, 4), torch.tensor(expected))
-
-
-def test_group_advantages_no_mean_for_same_reward():
-    # identical groups are not centred: clamp(r / 1e-4, -1, 1) -> +1, 0, -1 ; the outlier's 1.4999 is clamped to 1
-    expected = [Z0, -Z0, -Z0, Z0] + [1.0] * 4 + [0.0] * 4 + [-1.0] * 4 + [1.0, Z4_LO, Z4_LO, Z4_LO]
-    out = kl.group_advantages(REWARDS, 4, no_mean_for_same_reward=True)
-    torch.testing.assert_close(out, torch.tensor(expected))
-
-
-def test_group_advantages_no_mean_detects_float_identical_groups():
-    # three copies of 0.1 in float32: the float mean need not equal 0.1 exactly; the mask must still apply
-    out = kl.group_advantages(torch.full((3,), 0.1), 3, no_mean_for_same_reward=True)
-    torch.testing.assert_close(out, torch.ones(3))
-
-
-def test_group_advantages_mean_only():
-    # Kimi / fullkimi: r - group mean
-    expected = [0.5, -0.5, -0.5, 0.5] + [0.0] * 12 + [2.25, -0.75, -0.75, -0.75]
-    torch.testing.assert_close(kl.group_advantages(REWARDS, 4, scale="none"), torch.tensor(expected))
-
-
-def test_group_advantages_batch_scale():
-    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 3.0, 0.0, 0.0, 0.0])
-    # batch mean 5/8 ; sum of squared deviations 2 * 0.375^2 + 5 * 0.625^2 + 2.375^2 = 7.875 ; / 7 = 1.125
-    std = math.sqrt(1.125) + 1e-4
-    expected = [0.5 / std, -0.5 / std, -0.5 / std, 0.5 / std, 2.25 / std, -0.75 / std, -0.75 / std, -0.75 / std]
-    torch.testing.assert_close(kl.group_advantages(rewards, 4, scale="batch"), torch.tensor(expected))
-
-
-@pytest.mark.parametrize(
-    "rewards, g, scale, match",
-    [
-        (torch.zeros(4), 3, "group", "divide"),
-        (torch.zeros(4), 1, "group", ">= 2"),
-        (torch.zeros(4), 2, "global", "group, batch, none"),
-        (torch.zeros(2, 2), 2, "group", "1-D"),
-        (torch.tensor([0.0, float("nan")]), 2, "group", "finite"),
-    ],
-)
-def test_group_advantages_errors(rewards, g, scale, match):
-    with pytest.raises(ValueError, match=match):
-        kl.group_advantages(rewards, g, scale=scale)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Benchmark script (smoke)
 # ---------------------------------------------------------------------------------------------------------------------
 

@@ -68,8 +68,11 @@ def test_gpu_presets_quote_mmr1s_hyperparameters(path):
     assert (config.learning_rate, config.max_pixels, config.max_completion_length) == (1e-6, 1_000_000, 768)
     assert (config.num_generations, config.per_device_train_batch_size, config.gradient_accumulation_steps) == (7, 7, 2)
     assert (config.beta, config.bf16, config.gradient_checkpointing, config.loss_type) == (0.04, True, True, "grpo")
+    assert (config.temperature, config.top_p, config.top_k) == (0.9, 0.9, 50)  # MMR1's vLLM SamplingParams
+    assert (config.kl_approximator, config.use_bias_correction_kl) == ("k3", False)  # MMR1's k3 gradient
     assert config.max_steps == -1 and config.num_train_epochs == 1 and config.seed == 42
     assert "accelerate launch --config_file configs/accelerate/zero3.yaml" in path.read_text()
+    assert f"-m mmr1kit.train configs/gpu/{path.name}" in path.read_text()  # its launch line names itself
     assert (ROOT / "configs" / "accelerate" / "zero3.yaml").is_file()
     dataset = ROOT / config.dataset
     if config.dataset.endswith(".md"):
@@ -79,4 +82,5 @@ def test_gpu_presets_quote_mmr1s_hyperparameters(path):
 def test_gpu_presets_cover_every_task_and_model():
     names = {p.stem for p in GPU_PRESETS}
     assert names == {"counting_qwen25vl3b", "grounding_qwen2vl2b_perpo", "grounding_llava15_7b", "ocr_qwen2vl2b",
-                     "detection_qwen25vl7b", "math_qwen25vl3b"}
+                     "detection_qwen25vl7b", "math_qwen25vl3b",
+                     "mmr1_counting_qwen2vl2b", "mmr1_rec_qwen2vl2b"}  # MMR1's two published scripts

@@ -141,9 +141,9 @@ def _check_image(value, source: Path, row: int, root: Path):
         return value, value.width, value.height
     if not isinstance(value, str) or not value:
         raise DatasetError(source, row, "image", value, "expected a path to an image file")
-    path = (root / value).resolve() if not Path(value).is_absolute() else Path(value).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise DatasetError(source, row, "image", value, f"the path escapes the dataset's folder {root}")
+    # MMR1's own JSON files hold absolute paths, often outside the JSON's folder: any path to a readable image loads
+    path = Path(value).expanduser()
+    path = (path if path.is_absolute() else root / path).resolve()
     if not path.is_file():
         raise DatasetError(source, row, "image", value, f"image file not found: looked for {path}")
     try:
@@ -200,6 +200,7 @@ def load_dataset(
     train_sample_size: int | None = None,
     seed: int | None = None,
     on_bad_example: str | None = None,
+    image_root: str | None = None,
 ):
     """Load an MMR1-format dataset as a `datasets.Dataset` ready for `GRPOTrainer`.
 
@@ -208,10 +209,12 @@ def load_dataset(
         split (`str`, *optional*, defaults to `"train"`): The split to read.
         config (`MMR1Config`, *optional*): Supplies the templates, `train_sample_size`, `seed` and `on_bad_example`;
             explicit keyword arguments override it.
-        train_sample_size (`int`, *optional*): Keep a seeded random subset of this many rows, in file order
-            (MMR1 took the first N rows of the train split whatever split was asked for).
+        train_sample_size (`int`, *optional*): For `split="train"` only: keep a seeded random subset of this many
+            rows, in file order (MMR1 took the first N rows of the train split). Other splits are loaded whole.
         on_bad_example (`str`, *optional*, defaults to `"error"`): `"error"` raises `DatasetError` at the first bad
             row; `"skip"` drops bad rows and records them in the returned dataset's `bad_examples`.
+        image_root (`str`, *optional*): Folder that relative image paths start from; defaults to the folder of the
+            JSON file (or the `datasets` folder). Absolute paths are used as they are, wherever they point.
 
     Returns:
         `datasets.Dataset` with columns `prompt` (conversational messages), `image` (decoded lazily to PIL),
@@ -228,7 +231,7 @@ def load_dataset(
     system = templates.resolve("system_prompt_template", pick("system_prompt_template", system_prompt_template, "none"))
     question = templates.resolve("question_template", pick("question_template", question_template, "default"))
     answer = templates.resolve("answer_template", pick("answer_template", answer_template, "default"))
-    sample_size = pick("train_sample_size", train_sample_size, None)
+    sample_size = pick("train_sample_size", train_sample_size, None) if split == "train" else None
     seed = pick("seed", seed, 0)
     mode = pick("on_bad_example", on_bad_example, "error")
     if mode not in ON_BAD_EXAMPLE:
@@ -237,7 +240,9 @@ def load_dataset(
     source = _resolve_source(path_or_card, split)
     bad = defaultdict(list)
     raw = _read_rows(source, split, bad)
-    root = source if source.is_dir() else source.parent
+    root = Path(pick("image_root", image_root, None) or (source if source.is_dir() else source.parent)).expanduser()
+    if not root.is_dir():
+        raise DatasetError(source, None, "image_root", str(root), "no such folder (relative image paths start there)")
     rows, seen = [], set()
     for i, row in raw:
         try:

@@ -1,4 +1,9 @@
-"""MMR1's prompt templates (`src/open_r1/constants.py` at MMR1 HEAD), verbatim, plus mmr1kit's own.
+"""MMR1's prompt templates (`src/open_r1/constants.py`), verbatim, plus mmr1kit's own.
+
+Verbatim from MMR1 (the commit is named where it is not main HEAD `a2f8a03`): the system prompts `default` / `qwen`,
+`llava`, `r1v`, `ocr`, `grounding` (`f19eab9`); the question templates `default`, `r1v`, `counting` (`dev_lkh`),
+`qwenvl_rec` (`dev_lkh`'s `qwenvl_rec_format`); the answer templates `default`, `r1v`. mmr1kit's own: the system
+prompt `none`. `docs/objective.md` says where mmr1kit's prompts differ from what MMR1's code sent.
 
 A template field of `MMR1Config` names a key of these dicts, or is a literal template string: one containing
 `{question}` (question templates) or `{answer}` (answer templates), or any text (system prompts).
@@ -19,9 +24,11 @@ SYSTEM_PROMPTS = {
         "respectively, i.e., <think> reasoning process here </think><answer> answer here </answer>"
     ),
     "ocr": "You are given an image. You should ocr the image and output the text in the image without other output.",
+    # MMR1 f19eab9 GROUNDING_PROMPT, used by its --system_prompt_template grounding sweeps; the missing spaces after
+    # "text." and "floats." are MMR1's (two string literals joined without one)
     "grounding": (
-        "You are given an image and an object to box in text. You should output the bounding box of the object, "
-        "which should only be a list of floats. Here is an example of what you should output: "
+        "You are given an image and an object to box in text.You should output the bounding box of the object, "
+        "which should only be a list of floats.Here is an example of what you should output: "
         "[x_min, y_min, x_max, y_max]. Please mind directly to output the list, do not add any other text."
     ),
 }
