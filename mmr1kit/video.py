@@ -170,6 +170,10 @@ class VideoTrainerMixin:
         super().__init__(*args, **kwargs)
         config = self.accelerator.unwrap_model(self.model).config
         self._video = VideoHook(getattr(config, "video_token_id", None), getattr(config, "image_token_id", None))
+        if self._video.video_token_id is not None and getattr(self, "generation_config", None) is not None:
+            # as TRL does for the image token: a sampled video token would mismatch the video features
+            suppress = list(self.generation_config.suppress_tokens or [])
+            self.generation_config.suppress_tokens = [*suppress, self._video.video_token_id]
 
     def _tokenize_prompts(self, prompts):
         out = self._video.tokenize(self, prompts)

@@ -89,6 +89,8 @@ def test_hooked_log_probs_equal_a_direct_forward_of_the_video(clips, tmp_path):
 @pytest.mark.parametrize("arch", VIDEO_FAMILIES)
 def test_video_family_trains_on_the_frame_change_task(arch, clips, tmp_path):
     trainer = _trainer(arch, clips, tmp_path / "run", steps=3 if arch == "qwen2_5_vl" else 2)
+    # a sampled video token would have no features in the scoring forward: never sampled (as TRL does for images)
+    assert trainer.model.config.video_token_id in trainer.generation_config.suppress_tokens
     tower = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "visual" in n}
     trainer.train()
     # the frames reach the loss pass (the vision tower sees nothing else) and the reference pass saw them alike
