@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_families import SIZE, length_reward  # the family matrix's model sizes (shared cache) and graded reward
 
 from mmr1kit.config import MMR1Config
 from mmr1kit.data import load_dataset, read_card
@@ -13,12 +14,7 @@ from mmr1kit.families import FAMILIES
 from mmr1kit.models import tiny_vlm
 from mmr1kit.trainer import MMR1Trainer
 
-SIZE = dict(hidden_size=64, vision_hidden_size=32)
 VIDEO_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
-
-
-def length_reward(completions, **kwargs):
-    return [len(c[0]["content"]) / 10.0 for c in completions]
 
 
 @pytest.fixture(scope="module")

@@ -90,7 +90,12 @@ def _idefics3_like(tok, seed: int, size: dict, config_class, model_class, proces
 
 
 def build_idefics3(tok, seed: int, size: dict):
-    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil, Idefics3Processor
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+    )
 
     return _idefics3_like(tok, seed, size, Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor,
                           Idefics3ImageProcessorPil)
