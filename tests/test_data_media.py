@@ -90,3 +90,15 @@ def test_video_rows_keep_their_frames_and_fill_them_in_on_demand(folder):
     assert [f.getpixel((0, 0)) for f in frames] == [(255, 0, 0), (0, 0, 255)]  # max_frames=2: first and last
     assert metadata == [{"fps": 2.0, "total_num_frames": 3, "frames_indices": [0, 2], "duration": 1.5}]
     assert rollout_media(row) == {"image": None, "video": row["video"]}
+
+
+def test_a_video_file_row_is_sampled_at_its_fps_and_max_frames(folder):
+    from mmr1kit.data.frames import write_video
+
+    frames = [Image.open(folder / f"{i % 3}.png") for i in range(8)]  # red, green, blue, red, ... at 4 fps: 2 s
+    write_video(frames, folder / "clip.mp4", fps=4)
+    ds = _load(folder, [_row(0, video="clip.mp4", fps=2, max_frames=3)])
+    assert ds[0]["video"] == str(folder / "clip.mp4") and ds[0]["video_fps"] == 2.0
+    messages, metadata = conversation(ds[0])
+    assert len(messages[-1]["content"][0]["video"]) == 3  # 2 fps of a 2 s clip = 4 frames, capped at 3
+    assert metadata[0]["fps"] == 4.0 and metadata[0]["frames_indices"] == [0, 4, 6]
