@@ -38,8 +38,9 @@ class MMR1Config(GRPOConfig):
 
     > Parameters of the run:
 
-    model_name_or_path (`str`, defaults to `"tiny"`): A checkpoint path or hub id, or `"tiny"` / `"tiny-llava"`
-        for mmr1kit's offline tiny models (built once, then cached).
+    model_name_or_path (`str`, defaults to `"tiny"`): A checkpoint path or hub id, or `"tiny"` / `"tiny-<family>"`
+        (`"tiny-llava"`, `"tiny-qwen3_vl"`, `"tiny-gemma3"`, ...: README, "Model families") for mmr1kit's offline
+        tiny models (built once, then cached).
     dataset (`str`, defaults to `"data_cards/synthetic_counting.md"`): A data card, JSON / JSONL file or folder.
     run_dir (`str`, defaults to `"runs/default"`): The run folder; `output_dir` defaults to `<run_dir>/checkpoints`.
 

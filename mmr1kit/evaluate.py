@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from mmr1kit.capabilities import check_dataset
 from mmr1kit.evaluate_metrics import TASKS, detection_ap_by_label, score_example, task_metrics
 
 
@@ -52,10 +53,11 @@ def generate(model, processor, dataset, *, batch_size=64, max_new_tokens=16, do_
              num_samples=1, seed=0, skip_special_tokens=True) -> list[list[str]]:
     """Completions for every row: a list (rows) of lists (`num_samples` strings).
 
-    Rows are rendered with the processor's chat template after TRL's `prepare_multimodal_messages` puts the image in
-    the first user turn, exactly as `GRPOTrainer` does. Prompts are left-padded.
+    Rows are rendered with the processor's chat template after TRL's `prepare_multimodal_messages` puts the images in
+    the first user turn (or in the prompt's placeholders), exactly as `GRPOTrainer` does; a video row gets its frames
+    and their metadata as the training hook gives them (`mmr1kit.data.media.conversation`). Prompts are left-padded.
     """
-    from trl.data_utils import prepare_multimodal_messages
+    from mmr1kit.data.media import conversation
 
     model.eval()
     tokenizer = getattr(processor, "tokenizer", processor)
@@ -64,9 +66,11 @@ def generate(model, processor, dataset, *, batch_size=64, max_new_tokens=16, do_
     outputs = []
     for idx in _batches(len(dataset), batch_size):
         rows = dataset.select(idx)
-        conversations = [prepare_multimodal_messages(r["prompt"], images=[r["image"]]) for r in rows]
-        inputs = processor.apply_chat_template(conversations, add_generation_prompt=True, tokenize=True,
-                                               return_dict=True, padding=True, return_tensors="pt")
+        conversations, metadata = zip(*[conversation(r) for r in rows])
+        videos = {"video_metadata": [m for ms in metadata for m in ms], "do_sample_frames": False}
+        inputs = processor.apply_chat_template(list(conversations), add_generation_prompt=True, tokenize=True,
+                                               return_dict=True, padding=True, return_tensors="pt",
+                                               processor_kwargs=videos if videos["video_metadata"] else {})
         inputs = inputs.to(model.device)
         generated = model.generate(
             **inputs,
@@ -135,13 +139,16 @@ def evaluate(model_or_path, dataset, task: str = "counting", *, processor=None, 
     if task not in TASKS:
         raise ValueError(f"evaluate: task={task!r} is not one of {sorted(TASKS)} or 'auto'")
     model, processor = _load(model_or_path, processor, device, min_pixels, max_pixels)
+    check_dataset(dataset, processor, model, mode="error", max_pixels=max_pixels, max_completion_length=max_new_tokens)
     completions = generate(model, processor, dataset, batch_size=batch_size, max_new_tokens=max_new_tokens,
                            do_sample=num_samples > 1, temperature=temperature, num_samples=num_samples, seed=seed,
                            skip_special_tokens=skip_special_tokens)
     records = []
-    for i, row in enumerate(dataset.remove_columns(["image"])):
+    decoded = [c for c in ("image", "images") if c in dataset.column_names]
+    for i, row in enumerate(dataset.remove_columns(decoded)):
         extra = {k if k not in RESERVED else f"row_{k}": v for k, v in row.items()
                  if k not in ("prompt", "solution", "id") and isinstance(v, PASSTHROUGH)}
+        extra.update({k: v for k, v in (("images", row.get("image_paths")), ("video", row.get("video"))) if v})
         for j, text in enumerate(completions[i]):
             record = {**extra, "id": row["id"], "sample": j, "solution": row["solution"], "completion": text}
             record.update(score_example(task, text, row))
@@ -308,6 +315,9 @@ def failure_gallery(records: pd.DataFrame, *, max_items: int = 8, ncols: int = 4
     wrong = records[(records["sample"] == 0) & ~records["correct"].astype(bool)].head(max_items)
     frame = pd.DataFrame({"image": wrong["image_path"], "completion": wrong["completion"],
                           "score": wrong["score"], "solution": wrong["solution"]})
+    for media in ("images", "video"):  # a multi-image / video row shows all its images / key frames
+        if media in wrong:
+            frame[media] = wrong[media].tolist()
     if "label" in wrong:
         frame["prompt_id"] = wrong["id"].astype(str) + " · " + wrong["label"].astype(str)
     fig = rollout_gallery(frame.reset_index(drop=True), ncols=ncols, max_items=max_items, reward_cols=["score"],

@@ -29,6 +29,7 @@ from mmr1kit.progress import use_text_progress
 from mmr1kit.runs import RunRecorder
 from mmr1kit.scale import feed_vllm_unexpanded_images, rollout_check
 from mmr1kit.schedules import temperature_at
+from mmr1kit.video import VideoTrainerMixin
 
 # Multimodal inputs TRL passes to the policy forward (see GRPOTrainer._compute_loss).
 MULTIMODAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes", "token_type_ids",
@@ -36,13 +37,15 @@ MULTIMODAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "im
 
 
 def resolve_model(name_or_path: str) -> str:
-    """`"tiny"` / `"tiny-llava"` → the cached tiny model's folder; anything else is returned as given."""
-    from mmr1kit.models import tiny_vlm
+    """`"tiny"` / `"tiny-<model_type>"` (e.g. `"tiny-llava"`, `"tiny-gemma3"`; `mmr1kit.families.FAMILIES`) → the
+    cached tiny model's folder; anything else is returned as given."""
+    from mmr1kit.models import ARCHITECTURES, tiny_vlm
 
     if name_or_path == "tiny":
         return str(tiny_vlm())
-    if name_or_path == "tiny-llava":
-        return str(tiny_vlm(arch="llava"))
+    arch = str(name_or_path).removeprefix("tiny-")
+    if str(name_or_path).startswith("tiny-") and arch in ARCHITECTURES:
+        return str(tiny_vlm(arch=arch))
     return str(name_or_path)
 
 
@@ -136,7 +139,7 @@ class RunRecordCallback(TrainerCallback):
             self.recorder.log_metrics(state.global_step, logs)
 
 
-class MMR1Trainer(GRPOTrainer):
+class MMR1Trainer(VideoTrainerMixin, GRPOTrainer):
     """`trl.GRPOTrainer` with MMR1's options, configured by an `MMR1Config`.
 
     Args:
@@ -151,6 +154,7 @@ class MMR1Trainer(GRPOTrainer):
 
     def __init__(self, model=None, reward_funcs=None, args=None, train_dataset=None, eval_dataset=None, record=True,
                  **kwargs):
+        from mmr1kit.capabilities import check_dataset
         from mmr1kit.models import load_processor
         from mmr1kit.rewards import get_reward_funcs
 
@@ -158,6 +162,8 @@ class MMR1Trainer(GRPOTrainer):
         if isinstance(model, str) and "processing_class" not in kwargs:
             kwargs["processing_class"] = load_processor(model, args.min_pixels, args.max_pixels)
         reward_funcs = get_reward_funcs(args.reward_funcs) if reward_funcs is None else reward_funcs
+        # several images / a video per row: drop or refuse the rows this model cannot take (mmr1kit.capabilities)
+        train_dataset = check_dataset(train_dataset, kwargs.get("processing_class"), model, args)
         self._policy_pass = None  # (logps, entropies, hidden or None) of the last policy forward with entropies
         self._ref_hidden = None  # (B, T, H) of the last reference pass, when the exact KL will need it
         self._round_rewards = None  # (N, n_funcs) of the round being scored
@@ -455,9 +461,11 @@ class MMR1Trainer(GRPOTrainer):
         return output
 
     def _record_rollouts(self, inputs, rewards_per_func, advantages, lengths, truncated, gather_object):
+        from mmr1kit.data.media import rollout_media
+
         t0 = time.perf_counter()
-        keys = ("id", "image_path", "problem", "solution")
-        rows = gather_object([{k: x.get(k) for k in keys} for x in inputs])
+        keys = ("id", "problem", "solution")
+        rows = gather_object([{**{k: x.get(k) for k in keys}, **rollout_media(x)} for x in inputs])
         lengths = gather_object(lengths.tolist())
         truncated = gather_object(truncated.tolist())
         if self.recorder is None:
@@ -474,7 +482,7 @@ class MMR1Trainer(GRPOTrainer):
                     "step": step,
                     "prompt_id": row["id"],
                     "group": i // self.num_generations,
-                    "image": row["image_path"],
+                    **{k: row[k] for k in ("image", "images", "video") if k in row},  # every image / the video
                     "problem": row["problem"],
                     "solution": row["solution"],
                     "completion": text,

@@ -20,14 +20,18 @@ def sft_dataset(dataset, labels: list[str] | None = None):
     """TRL prompt-completion rows from an `mmr1kit.data.load_dataset` dataset.
 
     Args:
-        dataset: Rows with `prompt`, `image` and `solution`.
+        dataset: Rows with `prompt`, `image` (or `images`: several per row) and `solution`.
         labels (`list[str]`, *optional*): Replacement answers (e.g. a biased annotator's); defaults to `solution`.
     """
     labels = list(dataset["solution"]) if labels is None else labels
     if len(labels) != len(dataset):
         raise ValueError(f"sft_dataset: {len(labels)} labels for {len(dataset)} rows")
+    if "video" in dataset.column_names:
+        raise ValueError("sft_dataset: TRL's SFTTrainer takes no video rows; warm-start on image rows, or skip the "
+                         "warm start (warmstart_steps=0) for a video data set")
     completions = [[{"role": "assistant", "content": answer_target(label)}] for label in labels]
-    keep = [c for c in dataset.column_names if c not in ("prompt", "image")]
+    media = "images" if "images" in dataset.column_names else "image"  # every image of a multi-image row
+    keep = [c for c in dataset.column_names if c not in ("prompt", media)]
     return dataset.remove_columns(keep).add_column("completion", completions)
 
 

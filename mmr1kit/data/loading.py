@@ -20,6 +20,7 @@ import yaml
 from PIL import Image, UnidentifiedImageError
 
 from mmr1kit.data import templates
+from mmr1kit.data.media import check_media, to_dataset
 
 MAX_IMAGE_PIXELS = 64_000_000  # decompression-bomb guard: far above any VLM's max_pixels, far below a bomb
 ON_BAD_EXAMPLE = ("error", "skip")
@@ -162,7 +163,7 @@ def _check_image(value, source: Path, row: int, root: Path):
 def _check_row(row, source: Path, i: int, root: Path, seen_ids: set) -> dict:
     if not isinstance(row, dict):
         raise DatasetError(source, i, "row", row, "each row must be a JSON object")
-    for field in ("problem", "solution", "image"):
+    for field in ("problem", "solution"):
         if field not in row:
             raise DatasetError(source, i, field, None, f"missing field (row has {sorted(row)})")
     problem = row["problem"]
@@ -185,8 +186,8 @@ def _check_row(row, source: Path, i: int, root: Path, seen_ids: set) -> dict:
     if row_id in seen_ids:
         raise DatasetError(source, i, "id", row_id, "duplicate id")
     seen_ids.add(row_id)
-    image_path, width, height = _check_image(row["image"], source, i, root)
-    return {**row, "id": row_id, "solution": solution, "image": image_path, "width": width, "height": height}
+    media = check_media(row, source, i, root, _check_image)  # image, images or video (mmr1kit.data.media)
+    return {**row, "id": row_id, "solution": solution, **media}
 
 
 def load_dataset(
@@ -219,9 +220,9 @@ def load_dataset(
     Returns:
         `datasets.Dataset` with columns `prompt` (conversational messages), `image` (decoded lazily to PIL),
         `image_path`, `problem`, `solution` (answer template applied), `id`, `task`, `width`, `height` and every other
-        field of the rows. Its `bad_examples` attribute maps a reason to a list of `(file, row, message)`.
+        field of the rows; rows with several images or a video add the columns of `mmr1kit.data.media`. Its
+        `bad_examples` attribute maps a reason to a list of `(file, row, message)`.
     """
-    import datasets
 
     def pick(name, value, default):
         if value is not None:
@@ -263,14 +264,15 @@ def load_dataset(
     data["task"] = data.get("task") or [None] * len(rows)
     data["solution"] = [answer.format(answer=s) for s in data["solution"]]
     data["prompt"] = [_messages(system, question.format(question=p)) for p in data["problem"]]
-    # mode="RGB": palette, grey, CMYK, 16-bit or alpha images are converted on decode, never crash the processor
-    ds = datasets.Dataset.from_dict(data).cast_column("image", datasets.Image(mode="RGB"))
+    ds = to_dataset(data, source)  # casts image / images, structures prompts with placeholders
     ds.bad_examples = {k: [(e.file, e.row, str(e)) for e in v] for k, v in bad.items()}
     return ds
 
 
 def _reason(error: DatasetError) -> str:
     """A short, stable reason key for counting skipped rows (e.g. `missing_image`, `invalid_json`)."""
+    if getattr(error, "kind", None):  # set by mmr1kit.data.media (images / video / placeholders)
+        return error.kind
     if error.field == "json":
         return "invalid_json"
     if error.field == "image":

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from mmr1kit.plots.figure import _fmt_group, _grid, _is_number, _not_logged
+from mmr1kit.plots.media import row_picture
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
@@ -98,7 +99,9 @@ def rollout_gallery(
 
     Args:
         rows (`pd.DataFrame`, list of dicts or `pd.Series`):
-            Rollouts: `image` (path, PIL image, or `{"bytes", "path"}`), `completion`, `reward`, `advantage`,
+            Rollouts: `image` (path, PIL image, or `{"bytes", "path"}`), or `images` (a multi-image row's paths:
+            all shown side by side) or `video` (frame paths or a file: key frames side by side; see
+            `mmr1kit.plots.media`), `completion`, `reward`, `advantage`,
             `rewards/<func>`, optionally `step`, `prompt_id`, `group`, `solution`, `length`, `truncated`,
             `gt_box`, `pred_box`.
         image_root (`str` or `Path`, *optional*):
@@ -136,7 +139,7 @@ def rollout_gallery(
         _not_logged(axes[0], "no rollouts")
         return fig
     for ax, (_, row) in zip(axes, rows.iterrows()):
-        image, problem = _load_image(row.get("image"), image_root)
+        image, count, problem = row_picture(row, image_root)  # several images / key frames: side by side
         if image is not None:
             ax.imshow(np.asarray(image))
         else:
@@ -168,7 +171,7 @@ def rollout_gallery(
         lines = [" · ".join(head)] if head else []
         lines += textwrap.wrap("  ".join(vals), width=wrap + 6)
         ax.set_xlabel("\n".join(lines), fontsize=7, fontfamily="monospace", parse_math=False)
-        if draw_boxes:
+        if draw_boxes and count == 1:
             _draw_boxes(ax, row, image, box_format)
     return fig
 
