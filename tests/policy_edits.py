@@ -1,0 +1,19 @@
+"""Edits of a real tiny policy that force a case the tests need (never imported by mmr1kit)."""
+
+import torch
+
+
+@torch.no_grad()
+def favour_tokens(model, tokenizer, token_ids, margin: float = 60.0) -> None:
+    """Edit, in place, the LM head rows of `token_ids` so that the policy puts almost all its mass on them.
+
+    Each row becomes `margin * mu / |mu|^2`, with `mu` the mean final hidden state of a probe text: every position
+    whose hidden state has a positive projection on `mu` (all of them in the tiny models; checked by the callers'
+    failing arms) then gives those tokens a logit of about `margin` times that projection, far above the others.
+    """
+    probe = tokenizer(["How many red circles are there? Answer: there are three", "blue square 12 objects"],
+                      return_tensors="pt", padding=True)
+    hidden = model.base_model(input_ids=probe.input_ids, attention_mask=probe.attention_mask).last_hidden_state
+    mu = hidden[probe.attention_mask.bool()].float().mean(0)
+    head = model.get_output_embeddings().weight
+    head[list(token_ids)] = (margin * mu / mu.norm() ** 2).to(head.dtype)
