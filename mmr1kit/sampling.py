@@ -164,7 +164,8 @@ def log_kept_mass(hidden: torch.Tensor, head: torch.nn.Module, tokens: torch.Ten
                   softcap: float | None = None, max_elements: int = 2**23) -> tuple[torch.Tensor, torch.Tensor]:
     r"""
     Log of the probability mass the sampling filter keeps, and whether it keeps each sampled token, from final hidden
-    states in chunks of positions (peak memory: one `(chunk, V)` block, never `(B, T, V)`).
+    states in chunks of positions (peak memory: one `(chunk, V)` block, never `(B, T, V)`). The head is called as a
+    module, so DeepSpeed ZeRO-3's hooks gather its weight (not run here: no GPU).
 
     For a position with temperature-scaled logits `z`, `log_mass = logsumexp(z[kept]) - logsumexp(z)`, so the
     processed distribution's log-prob of a kept token is `log_softmax(z)[y] - log_mass`.
@@ -181,7 +182,7 @@ def log_kept_mass(hidden: torch.Tensor, head: torch.nn.Module, tokens: torch.Ten
         filter would have removed the sampled token, and the untruncated log-probs of `tokens` (a cross-check).
     """
     B, T, H = hidden.shape
-    V = head.weight.size(0)
+    V = getattr(head, "out_features", None) or head.weight.size(0)  # ZeRO-3 empties weight outside the forward
     flat, flat_tokens = hidden.reshape(B * T, H), tokens.reshape(B * T, 1)
     chunk = max(1, max_elements // V)
     masses, kept, logps = [], [], []
@@ -232,23 +233,28 @@ class ProcessedLogprobs:
     def wants(self, model, compute_entropy: bool) -> bool:
         return self.armed and model is self.trainer.model and not compute_entropy
 
-    def processed(self, model, logps: torch.Tensor, hidden: torch.Tensor, tokens: torch.Tensor,
-                  mask: torch.Tensor) -> torch.Tensor:
+    def processed(self, model, logps: torch.Tensor, hidden: torch.Tensor, input_ids: torch.Tensor,
+                  attention_mask: torch.Tensor) -> torch.Tensor:
         """`logps` `(B, T)` of the untruncated policy -> log-probs of vLLM's processed distribution `(B, T)`.
 
-        `hidden` `(B, T, H)`: the pass's final hidden states; `tokens`, `mask` `(B, T)`: the scored tokens and 1 where
-        they are real (TRL's log-probs are 0 at padding)."""
+        `hidden` `(B, T, H)`: the pass's final hidden states at the positions predicting the last `T` tokens of
+        `input_ids` `(B, L)`; `attention_mask` `(B, L)` is 0 at padding (where TRL's log-probs are 0)."""
         self.armed = False
+        T = logps.size(1)
+        tokens, mask = input_ids[:, -T:], attention_mask[:, -T:]
         module = self.trainer.accelerator.unwrap_model(model)
         module = module.get_base_model() if hasattr(module, "get_base_model") else module
         softcap = getattr(module.config.get_text_config(), "final_logit_softcapping", None)
         log_mass, kept, check = log_kept_mass(hidden, module.get_output_embeddings(), tokens, self.filter(), softcap)
         valid = mask.bool()
         gap = (check.to(logps.device) - logps)[valid].abs().mean().item() if valid.any() else 0.0
-        if gap > 0.05:  # e.g. a model that scales its logits in a way TRL's fused head knows and this one does not
-            raise RuntimeError(f"the LM head's log-probs computed from the hidden states differ from TRL's by {gap:.3f} "
-                               f"on average: {type(module).__name__}'s logits are not `head(hidden)`; the top-k/top-p "
-                               f"aware importance ratio cannot be computed (vllm_importance_sampling_correction=False)")
+        # bf16 logits round by a few hundredths of a nat; a logit scale this head does not apply (TRL's fused head
+        # knows several) is off by far more
+        if gap > 0.5:
+            raise RuntimeError(
+                f"the LM head's log-probs computed from the hidden states differ from TRL's by {gap:.3f} on average: "
+                f"{type(module).__name__}'s logits are not `head(hidden)`; the top-k/top-p aware importance ratio "
+                f"cannot be computed (set vllm_importance_sampling_correction=False)")
         self.last = (logps, log_mass.to(logps.device), kept.to(logps.device))
         return logps - self.last[1]
 

@@ -7,7 +7,9 @@ It overrides as little as possible (design decision 1); each override says what 
 - `_generate_and_score_completions`: MMR1's advantage variants, phase timing, and every rollout into the run folder;
 - `_get_train_sampler`: `order_dataset`;
 - `_load_from_checkpoint`: resuming restores every weight (transformers' own path misses VLM key renames);
-- a callback sets the step's sampling temperature everywhere TRL uses it.
+- a callback sets the step's sampling temperature everywhere TRL uses it;
+- hooks into `mmr1kit.sampling` (no vision token sampled; vLLM's importance ratio on one distribution) and, on vLLM's
+  CPU platform, `mmr1kit.vllm_sync` (the weight sync through `reload_weights`).
 
 With every MMR1 option neutral (`kl_approximator="k3"`, no entropy term, `reward_scale=1`, constant temperature,
 random order) the loss and gradients are exactly TRL's: the k3 path is TRL's own code.
@@ -305,8 +307,8 @@ class MMR1Trainer(GRPOTrainer):
             out = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, *args,
                                                              compute_entropy=compute_entropy, **kwargs)
         if processed:  # log-probs of vLLM's processed (top-k / top-p) distribution, for TRL's ratio
-            completion = (input_ids[:, -logits_to_keep:], attention_mask[:, -logits_to_keep:])
-            out = (self.processed_logprobs.processed(model, out[0], hidden["value"], *completion), *out[1:])
+            logps = self.processed_logprobs.processed(model, out[0], hidden["value"], input_ids, attention_mask)
+            out = (logps, *out[1:])
         if compute_entropy:  # only the policy pass of `_compute_loss` asks for entropies
             self._policy_pass = (*out[:2], hidden.get("value"))
         elif model is self.ref_model:

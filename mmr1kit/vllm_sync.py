@@ -60,7 +60,8 @@ def sync_weights_by_reload(vllm_generation) -> None:
     gen = vllm_generation
     worker = gen.llm.llm_engine.model_executor.driver_worker.worker
     aliases = tied_aliases(gen.accelerator.unwrap_model(gen.model))
-    worker.reload_weights(weights_iterator=with_aliases(gen._iter_named_params(), aliases, gen._fix_param_name_to_vllm))
+    weights = with_aliases(gen._iter_named_params(), aliases, gen._fix_param_name_to_vllm)
+    worker.reload_weights(weights_iterator=weights)
     gen.llm.reset_prefix_cache()
     gen.llm.llm_engine.reset_encoder_cache()
 
@@ -74,6 +75,7 @@ def use_cpu_weight_sync(vllm_generation) -> bool:
     if getattr(vllm_generation, "mode", None) != "colocate" or not vllm_on_cpu():
         return False
     if getattr(vllm_generation, "enable_sleep_mode", False):
-        raise ValueError("MMR1Config.vllm_enable_sleep_mode=True: vLLM's CPU platform has no sleep mode; set it to False")
+        raise ValueError("MMR1Config.vllm_enable_sleep_mode=True: vLLM's CPU platform has no sleep mode; "
+                         "set it to False")
     vllm_generation.sync_weights = lambda: sync_weights_by_reload(vllm_generation)
     return True

@@ -134,3 +134,59 @@ def test_hf_generate_never_samples_vision_tokens_of_a_policy_that_favours_them(q
     assert len(sampled) == 2 * 8 and not any(t in vision for ids in sampled for t in ids)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_processed_logprobs_hook_on_a_real_policy(qwen_path):
+    """The trainer hook without an engine: TRL's trainer and vLLM generation attributes as plain values, the real
+    tiny policy, and transformers' logits processors as the oracle of the processed log-probs."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+    from transformers import AutoModelForImageTextToText
+
+    from mmr1kit.sampling import ProcessedLogprobs
+
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_pretrained(qwen_path).train()  # as in training (no dropout here)
+    gen = SimpleNamespace(temperature=0.9, top_k=50, top_p=0.9, min_p=None, generation_kwargs={"bad_words": ["x"]})
+    trainer = SimpleNamespace(use_vllm=True, vllm_importance_sampling_correction=True, model=model,
+                              accelerator=Accelerator(cpu=True), vllm_generation=gen, suppressed_token_ids=[3, 4],
+                              _metrics={"train": defaultdict(list)})
+    hook = ProcessedLogprobs(trainer)
+    B, L, T = 4, 12, 6
+    input_ids = torch.randint(5, 300, (B, L))
+    attention_mask = torch.ones(B, L, dtype=torch.long)
+    attention_mask[0, -2:] = 0  # a shorter completion
+    with torch.no_grad():
+        hidden = model.base_model(input_ids=input_ids).last_hidden_state[:, -T - 1 : -1]
+        z = model.get_output_embeddings()(hidden).reshape(B * T, -1)
+    tokens = input_ids[:, -T:]
+    logps = (z / 0.9).log_softmax(-1).gather(1, tokens.reshape(-1, 1)).view(B, T)  # TRL's untruncated log-probs
+    logps = logps * attention_mask[:, -T:]
+
+    hook.arm()
+    assert hook.wants(model, compute_entropy=False) and not hook.wants(model, compute_entropy=True)
+    assert not hook.wants(object(), compute_entropy=False)
+    processed = hook.processed(model, logps, hidden, input_ids, attention_mask)
+    assert not hook.wants(model, compute_entropy=False)  # one pass per generation batch
+    oracle = hf_processed(z, SamplingFilter(0.9, top_k=50, top_p=0.9, suppressed=(3, 4))).log_softmax(-1)
+    oracle = oracle.gather(1, tokens.reshape(-1, 1)).view(B, T)
+    kept, valid = oracle > float("-inf"), attention_mask[:, -T:].bool()
+    assert (kept & valid).any() and (~kept & valid).any()
+    torch.testing.assert_close(processed[kept & valid], oracle[kept & valid], atol=1e-5, rtol=0)
+
+    vllm = processed.detach().clone()  # as if vLLM reported exactly the processed log-probs
+    output = {"completion_mask": attention_mask[:, -T:], "old_per_token_logps": processed,
+              "sampling_per_token_logps": vllm}
+    hook.finish(output)
+    assert output["old_per_token_logps"] is logps  # the loss's PPO ratio gets the untruncated log-probs back
+    torch.testing.assert_close(output["sampling_per_token_logps"][valid], logps[valid])  # vLLM's, on that scale
+    outside = trainer._metrics["train"]["sampling/outside_truncation"]
+    assert outside == [pytest.approx(float((~kept & valid).sum() / valid.sum()))]
+
+    with torch.no_grad():  # a head whose logits are not what TRL scored: refused, not silently wrong
+        model.get_output_embeddings().weight.mul_(3.0)
+    hook.arm()
+    with pytest.raises(RuntimeError, match=r"differ from TRL's by .* vllm_importance_sampling_correction=False"):
+        hook.processed(model, logps, hidden, input_ids, attention_mask)

@@ -153,7 +153,8 @@ def engine_weight_gap(trainer) -> tuple[float, int]:
     modules, hf = dict(model.named_modules()), dict(trainer.model.named_parameters())
 
     def trainer_tensor(name):  # vLLM's Qwen2.5-VL names -> the trainer's
-        name = name.replace("language_model.model.", "model.language_model.").replace("language_model.lm_head.", "lm_head.")
+        name = name.replace("language_model.model.", "model.language_model.")
+        name = name.replace("language_model.lm_head.", "lm_head.")
         name = "model." + name if name.startswith("visual.") else name
         for fused, parts in (("qkv_proj", ("q_proj", "k_proj", "v_proj")), ("gate_up_proj", ("gate_proj", "up_proj"))):
             if f".{fused}." in name:
@@ -167,7 +168,8 @@ def engine_weight_gap(trainer) -> tuple[float, int]:
                 engine = param
             else:  # repacked: layer(I) = I @ W^T
                 layer = modules[name.rsplit(".", 1)[0]]
-                engine = layer.cpu_linear(torch.eye(layer.input_size_per_partition, dtype=param.dtype), param, None).t()
+                eye = torch.eye(layer.input_size_per_partition, dtype=param.dtype)
+                engine = layer.cpu_linear(eye, param, None).t()
             mine = trainer_tensor(name).to(engine.dtype)
             gap, n = max(gap, float((engine.float() - mine.float()).abs().max())), n + 1
     return gap, n
