@@ -1,4 +1,4 @@
-"""Edits of a real tiny policy that force a case the tests need (never imported by mmr1kit)."""
+"""Force a sampling case on a real tiny policy, and watch what a trainer samples (never imported by mmr1kit)."""
 
 import torch
 
@@ -17,3 +17,17 @@ def favour_tokens(model, tokenizer, token_ids, margin: float = 60.0) -> None:
     mu = hidden[probe.attention_mask.bool()].float().mean(0)
     head = model.get_output_embeddings().weight
     head[list(token_ids)] = (margin * mu / mu.norm() ** 2).to(head.dtype)
+
+
+def record_completions(trainer) -> list:
+    """Make `trainer._generate` record the completion ids of every generation batch (TRL's `_generate` returns them
+    second) and return them unchanged; returns the list it fills. `del trainer._generate` undoes it."""
+    sampled, generate = [], trainer._generate
+
+    def spy(prompts):
+        out = generate(prompts)
+        sampled.extend(out[1])
+        return out
+
+    trainer._generate = spy
+    return sampled

@@ -4,7 +4,7 @@ The vLLM side runs in `tests/test_vllm.py` (`make test-vllm`)."""
 
 import pytest
 import torch
-from policy_edits import favour_tokens
+from policy_edits import favour_tokens, record_completions
 from transformers import AutoTokenizer
 from transformers.generation.logits_process import (
     LogitsProcessorList,
@@ -113,14 +113,7 @@ def test_hf_generate_never_samples_vision_tokens_of_a_policy_that_favours_them(q
     vision = set(trainer.suppressed_token_ids)
     assert len(vision) == 4 and set(trainer.generation_config.suppress_tokens) >= vision
     favour_tokens(trainer.model, trainer._tokenizer, sorted(vision))
-    sampled, generate = [], trainer._generate
-
-    def spy(prompts):  # records the completion ids of each generation batch, then returns it unchanged
-        out = generate(prompts)
-        sampled.extend(out[1])
-        return out
-
-    trainer._generate = spy
+    sampled = record_completions(trainer)
     # failing arm: TRL's own suppression (the image placeholder only)
     image = trainer.processing_class.image_token_id
     trainer.generation_config.suppress_tokens = trainer.generation_kwargs["suppress_tokens"] = [image]

@@ -139,6 +139,13 @@ def test_importance_ratio_measures_only_the_engine_mismatch_under_top_p_top_k(tr
     half = mask.size(1) // 2  # no trend along the completion either
     assert diff[:, half:].abs().sum() / mask[:, half:].sum() <= 0.05
     assert trainer._metrics["train"]["sampling/sampling_logp_difference/mean"][-1] <= 0.05
+    # with TRL's correction off, the rollout check scores the processed distribution itself
+    trainer.vllm_importance_sampling_correction = False
+    try:
+        unchecked, check = rollout(trainer)
+    finally:
+        trainer.vllm_importance_sampling_correction = True
+    assert "old_per_token_logps" not in unchecked and check <= 0.05
 
 
 def engine_weight_gap(trainer) -> tuple[float, int]:
@@ -197,19 +204,12 @@ def test_training_steps_keep_the_ratio_near_one_and_sync_weights_into_vllm(train
 
 @pytest.mark.slow
 def test_vision_tokens_of_a_policy_that_favours_them_are_never_sampled(trainer):
-    from policy_edits import favour_tokens
+    from policy_edits import favour_tokens, record_completions
 
     vision = trainer.suppressed_token_ids
     favour_tokens(trainer.model, trainer._tokenizer, vision)  # synced into vLLM at the next generation
     gen = trainer.vllm_generation
-    sampled, generate = [], trainer._generate
-
-    def spy(prompts):  # records the completion ids of each generation batch, then returns it unchanged
-        out = generate(prompts)
-        sampled.extend(out[1])
-        return out
-
-    trainer._generate = spy
+    sampled = record_completions(trainer)
     bad_words = gen.generation_kwargs.pop("bad_words")  # failing arm: vLLM as TRL configures it (nothing forbidden)
     try:
         with pytest.raises(ValueError, match="Image features and image tokens do not match"):  # issue 22
