@@ -119,7 +119,7 @@ def test_hf_generate_never_samples_vision_tokens_of_a_policy_that_favours_them(q
     trainer.generation_config.suppress_tokens = trainer.generation_kwargs["suppress_tokens"] = [image]
     trainer._generate_and_score_completions([trainer.train_dataset[i // 4] for i in range(8)])
     hits = sum(t in vision for ids in sampled for t in ids) / sum(len(ids) for ids in sampled)
-    assert hits > 0.9 and not any(image in ids for ids in sampled)
+    assert hits > 0.5 and all(set(ids) & vision for ids in sampled) and not any(image in ids for ids in sampled)
     # mmr1kit's suppression: every vision token
     sampled.clear()
     trainer.generation_config.suppress_tokens = trainer.generation_kwargs["suppress_tokens"] = sorted(vision)

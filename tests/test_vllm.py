@@ -216,7 +216,8 @@ def test_vision_tokens_of_a_policy_that_favours_them_are_never_sampled(trainer):
             rollout(trainer)
     finally:
         gen.generation_kwargs["bad_words"] = bad_words
-    assert sum(t in vision for ids in sampled for t in ids) > 0.9 * sum(len(ids) for ids in sampled)
+    assert sum(t in vision for ids in sampled for t in ids) > 0.5 * sum(len(ids) for ids in sampled)
+    assert all(set(ids) & set(vision) for ids in sampled)
     sampled.clear()
     trainer._metrics["train"].clear()
     try:
