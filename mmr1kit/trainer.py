@@ -7,7 +7,9 @@ It overrides as little as possible (design decision 1); each override says what 
 - `_generate_and_score_completions`: MMR1's advantage variants, phase timing, and every rollout into the run folder;
 - `_get_train_sampler`: `order_dataset`;
 - `_load_from_checkpoint`: resuming restores every weight (transformers' own path misses VLM key renames);
-- a callback sets the step's sampling temperature everywhere TRL uses it.
+- a callback sets the step's sampling temperature everywhere TRL uses it;
+- hooks into `mmr1kit.sampling` (no vision token sampled; vLLM's importance ratio on one distribution) and, on vLLM's
+  CPU platform, `mmr1kit.vllm_sync` (the weight sync through `reload_weights`).
 
 With every MMR1 option neutral (`kl_approximator="k3"`, no entropy term, `reward_scale=1`, constant temperature,
 random order) the loss and gradients are exactly TRL's: the k3 path is TRL's own code.
@@ -27,9 +29,11 @@ from mmr1kit.data.ordering import OrderedRepeatSampler, prompt_order
 from mmr1kit.guards import NonFiniteGuard, NonFiniteTrainingError
 from mmr1kit.progress import use_text_progress
 from mmr1kit.runs import RunRecorder
+from mmr1kit.sampling import ProcessedLogprobs, suppress_vision_tokens
 from mmr1kit.scale import feed_vllm_unexpanded_images, rollout_check
 from mmr1kit.schedules import temperature_at
 from mmr1kit.video import VideoTrainerMixin
+from mmr1kit.vllm_sync import use_cpu_weight_sync
 
 # Multimodal inputs TRL passes to the policy forward (see GRPOTrainer._compute_loss).
 MULTIMODAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes", "token_type_ids",
@@ -169,12 +173,16 @@ class MMR1Trainer(VideoTrainerMixin, GRPOTrainer):
         self._round_rewards = None  # (N, n_funcs) of the round being scored
         self._timing = {}
         self.recorder = None
+        self.processed_logprobs = ProcessedLogprobs(self)  # vLLM's IS ratio on one distribution (mmr1kit.sampling)
         super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, **kwargs)
         # MMR1 multiplies the summed reward by reward_scale before the group statistics; per-function logs stay raw.
         self.reward_weights = self.reward_weights * args.reward_scale
-        if self.use_vllm and self._is_vlm:  # huggingface/trl#6294: vLLM expands image placeholders itself
-            feed_vllm_unexpanded_images(self.vllm_generation, self.processing_class.image_token_id)
+        suppress_vision_tokens(self)  # neither engine samples an image / video placeholder or vision marker
+        if self.use_vllm:
+            use_cpu_weight_sync(self.vllm_generation)  # vLLM's CPU platform: reload_weights (mmr1kit.vllm_sync)
+            if self._is_vlm:  # huggingface/trl#6294: vLLM expands image placeholders itself
+                feed_vllm_unexpanded_images(self.vllm_generation, self.processing_class.image_token_id)
         if record and self.accelerator.is_main_process:
             self.recorder = RunRecorder(args.run_dir)
             self.recorder.write_config(args)
@@ -305,10 +313,15 @@ class MMR1Trainer(VideoTrainerMixin, GRPOTrainer):
         start = time.perf_counter()
         # The exact KL needs the final hidden states of the loss's policy pass and of the reference pass: keep them
         # from these forwards (a hook on the backbone) instead of running the two backbones again.
-        keep = self._exact_kl_wanted() and (compute_entropy or model is self.ref_model)
+        # The pass whose log-probs TRL compares with vLLM's needs them too (mmr1kit.sampling.ProcessedLogprobs).
+        processed = self.processed_logprobs.wants(model, compute_entropy)
+        keep = processed or self._exact_kl_wanted() and (compute_entropy or model is self.ref_model)
         with capture_hidden(self.accelerator.unwrap_model(model), logits_to_keep, enabled=keep) as hidden:
             out = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, *args,
                                                              compute_entropy=compute_entropy, **kwargs)
+        if processed:  # log-probs of vLLM's processed (top-k / top-p) distribution, for TRL's ratio
+            logps = self.processed_logprobs.processed(model, out[0], hidden["value"], input_ids, attention_mask)
+            out = (logps, *out[1:])
         if compute_entropy:  # only the policy pass of `_compute_loss` asks for entropies
             self._policy_pass = (*out[:2], hidden.get("value"))
         elif model is self.ref_model:
@@ -445,7 +458,9 @@ class MMR1Trainer(VideoTrainerMixin, GRPOTrainer):
 
         start = time.perf_counter()
         self._ref_hidden = None
+        self.processed_logprobs.arm()
         output = super()._generate_and_score_completions(inputs)
+        self.processed_logprobs.finish(output)  # the loss gets untruncated log-probs; vLLM's on the same scale
         if self._ref_hidden is not None:  # (B, T, H): TRL shuffles and splits it with the rest of the batch
             output["ref_hidden"], self._ref_hidden = self._ref_hidden, None
         rollout_check(self, output)  # vLLM's log-probs vs the trainer's: rollout/logp_diff_mean, rollout/logp_diff_max

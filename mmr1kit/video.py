@@ -169,11 +169,9 @@ class VideoTrainerMixin:
         check_video_args(kwargs.get("train_dataset"), kwargs.get("args"))
         super().__init__(*args, **kwargs)
         config = self.accelerator.unwrap_model(self.model).config
+        # A sampled video token would mismatch the video features: mmr1kit.sampling.suppress_vision_tokens (called
+        # by MMR1Trainer) forbids it in both engines, with every other vision special token.
         self._video = VideoHook(getattr(config, "video_token_id", None), getattr(config, "image_token_id", None))
-        if self._video.video_token_id is not None and getattr(self, "generation_config", None) is not None:
-            # as TRL does for the image token: a sampled video token would mismatch the video features
-            suppress = list(self.generation_config.suppress_tokens or [])
-            self.generation_config.suppress_tokens = [*suppress, self._video.video_token_id]
 
     def _tokenize_prompts(self, prompts):
         out = self._video.tokenize(self, prompts)
