@@ -2,7 +2,7 @@
 
 Usage:
     python -m benchmarks.bench_plan            # tiny, ~50M, ~300M parameters x gradient checkpointing off / on
-    python -m benchmarks.bench_plan --quick    # the tiny model only (tests): not a calibration
+    python -m benchmarks.bench_plan --quick    # the tiny model only, in this process (tests): not a calibration
 
 Each case is a fresh process that trains a real `MMR1Trainer` for two GRPO steps (so the second step runs with the
 optimizer state in place) on a Qwen2.5-VL-architecture model built from a config with random weights: the tiny
@@ -24,6 +24,7 @@ head scores every position off CUDA), the measured longest prompt. Target: estim
 training peak, in every case.
 """
 
+import argparse
 import json
 import os
 import shutil
@@ -56,8 +57,8 @@ PHASE_OF = {"generate": "generate", "ref": "reference", "step": "loss", "optimiz
 def parse_args(argv=None):
     parser = common.base_parser(__doc__, NAME)
     parser.add_argument("--sizes", default="tiny,50M,300M", help=f"model sizes among {list(SIZES)}")
-    parser.add_argument("--child", default=None, help=argparse_suppress())
-    parser.add_argument("--gc", type=int, default=0, help=argparse_suppress())
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--gc", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes = "tiny"
@@ -66,12 +67,6 @@ def parse_args(argv=None):
     if unknown:
         parser.error(f"unknown size(s) {unknown}; valid: {list(SIZES)}")
     return args
-
-
-def argparse_suppress():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 def build_model(size: str) -> Path:
@@ -209,6 +204,8 @@ def child(args) -> dict:
 
 
 def run_child(size: str, gc: bool, args) -> dict:
+    if args.quick:  # in this process: the trace counts only what the run allocates, the rest is the baseline
+        return child(argparse.Namespace(child=size, gc=int(gc), threads=args.threads))
     cmd = [sys.executable, "-m", "benchmarks.bench_plan", "--child", size, "--gc", str(int(gc)), "--threads",
            str(args.threads)]
     proc = subprocess.run(cmd, check=False, cwd=common.ROOT, capture_output=True, text=True, env=os.environ.copy())

@@ -82,14 +82,16 @@ def layer_saved_per_token(a: Architecture, w: Workload, seq: int) -> int:
     """Bytes one decoder layer saves for backward per token (its input included), SDPA or eager attention.
 
     fp32: `4 (6H + 2q + 2kv + 4I + heads + 2)`; bf16 autocast: `4 (4H + heads + 2) + 2 (5H + 2q + 2kv + 4I)`; pure
-    bf16: `4 (2H + heads + 2) + 2 (5H + 2q + 2kv + 4I)`, with `q = heads * head_dim` and `kv = kv_heads * head_dim`.
+    bf16: `4 (2H + heads + 2) + 2 (4H + 2q + 2kv + 4I)`, with `q = heads * head_dim` and `kv = kv_heads * head_dim`.
+    (In fp32 and under autocast the layer's fp32 input is among them; in bf16 its fp32 copy is.)
     Eager attention also keeps the `(heads, seq)` probabilities of every token (fp32, and a bf16 copy under bf16).
     """
     h, i, q, kv, nh = a.hidden, a.intermediate, a.heads * a.head_dim, a.kv_heads * a.head_dim, a.heads
     if w.mode == "fp32":
         saved = 4 * (6 * h + 2 * q + 2 * kv + 4 * i + nh + 2)
     else:
-        saved = 4 * ((4 if w.mode == "autocast" else 2) * h + nh + 2) + 2 * (5 * h + 2 * q + 2 * kv + 4 * i)
+        autocast = w.mode == "autocast"
+        saved = 4 * ((4 if autocast else 2) * h + nh + 2) + 2 * ((5 if autocast else 4) * h + 2 * q + 2 * kv + 4 * i)
     if w.eager_attention:
         saved += nh * seq * (4 if w.mode == "fp32" else 6)
     return saved
