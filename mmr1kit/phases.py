@@ -43,8 +43,10 @@ class CudaGauge:
     """The CUDA caching allocator's peak allocated bytes on the current device."""
 
     kind = "cuda_max_memory_allocated"
+    process_peak = 0  # the highest peak read before any reset, across gauges (what max_memory_allocated would say)
 
     def reset(self) -> None:
+        CudaGauge.process_peak = max(CudaGauge.process_peak, self.peak())
         torch.cuda.reset_peak_memory_stats()
 
     def peak(self) -> int:
@@ -98,8 +100,11 @@ def gauge_for(device) -> CudaGauge | ResidentGauge:
     return _RESIDENT
 
 
-def process_peak_bytes() -> int:
-    """The process's resident set peak since it started, across the resets of the per-phase gauge."""
+def process_peak_bytes(device="cpu") -> int:
+    """The process's peak since it started, across the resets of the per-phase gauges: the resident set (`"cpu"`)
+    or the CUDA allocator's allocated bytes (`"cuda"`), what `VmHWM` / `max_memory_allocated` say without resets."""
+    if torch.device(device).type == "cuda":
+        return max(torch.cuda.max_memory_allocated(), CudaGauge.process_peak)
     now = resident_peak_bytes()
     return max(now, _RESIDENT.process_peak) if _RESIDENT is not None else now
 

@@ -25,8 +25,10 @@ from mmr1kit import memory_model
 from mmr1kit.architecture import Architecture, lora_parameters, read_architecture
 
 logger = logging.getLogger("mmr1kit.plan")
+ZERO_CONFIGS = (2, 3)  # the stages configs/accelerate/ ships a launch config for (zero2.yaml, zero3.yaml)
 GIB = 2**30
 CONTEXT_GIB = 1.0  # CUDA context, cuBLAS / NCCL workspaces
+SEARCH_LIMIT = 1024  # largest group size / per-device batch searched
 SLACK = 0.10  # caching-allocator fragmentation, as a share of the training peak (an assumption: docs/memory.md)
 VLLM_FIELDS = ("use_vllm", "vllm_mode", "vllm_gpu_memory_utilization", "vllm_enable_sleep_mode",
                "vllm_tensor_parallel_size", "vllm_max_model_length", "vllm_importance_sampling_correction")
@@ -264,7 +266,7 @@ def _steps_for_group(s: dict, layout: Layout, group: int) -> int | None:
     return next((k for k in range(start, start + group + 1) if (per * k) % group == 0), None)
 
 
-def largest_fitting(s: dict, arch: Architecture, layout: Layout, limit: int = 1024) -> dict:
+def largest_fitting(s: dict, arch: Architecture, layout: Layout, limit: int = SEARCH_LIMIT) -> dict:
     """The largest `num_generations`, `per_device_train_batch_size` and `max_pixels` that fit, each varied alone.
 
     A larger group needs a larger generation batch (more steps per generation: TRL generates whole groups), so it
@@ -312,7 +314,8 @@ def smallest_changes(p: MemoryPlan) -> list[Change]:
 
     if not s["gradient_checkpointing"] and fits({"gradient_checkpointing": True}):
         changes.append(Change("gradient_checkpointing=True", {"gradient_checkpointing": True}))
-    stage = next((k for k in range(layout.zero + 1, 4) if layout.gpus > 1 and fits({}, replace(layout, zero=k))), None)
+    stage = next((k for k in ZERO_CONFIGS if k > layout.zero and layout.gpus > 1 and fits({}, replace(layout, zero=k))),
+                 None)
     if stage:
         changes.append(Change(f"DeepSpeed ZeRO-{stage} (accelerate launch --config_file configs/accelerate/"
                               f"zero{stage}.yaml)", {}, replace(layout, zero=stage)))
