@@ -237,6 +237,20 @@ def figure(cases: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def markdown_table(report: dict) -> str:
+    """The cases of a result as the Markdown table `docs/memory.md` shows."""
+    header = ("| model | parameters | gradient checkpointing | measured peak (GiB) | estimate (GiB) | estimate / measured "
+              "| peak phase (measured / estimated) |")
+    lines = [header, "|---|---|---|---|---|---|---|"]
+    for c in report["results"]["cases"]:
+        measured = {k: v for k, v in c["measured_bytes"].items() if k != "peak"}
+        estimate = {k: v for k, v in c["estimate_bytes"].items() if k != "peak"}
+        lines.append(f"| {c['size']} | {c['parameters'] / 1e6:.2f}M | {'on' if c['gradient_checkpointing'] else 'off'} "
+                     f"| {c['measured_bytes']['peak'] / 2**30:.3f} | {c['estimate_bytes']['peak'] / 2**30:.3f} "
+                     f"| {c['ratio']:.3f} | {max(measured, key=measured.get)} / {max(estimate, key=estimate.get)} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.child is not None:

@@ -194,3 +194,15 @@ def test_plan_estimate_of_the_tiny_models_training_peak_is_within_20_percent(tmp
     assert cases[1]["measured_bytes"]["loss"] < cases[0]["measured_bytes"]["loss"]  # checkpointing saves memory
     assert "memory plan: training peak" in run_all.render_table(tmp_path, quick=True)
 
+
+def test_the_calibration_in_docs_is_the_recorded_result():
+    root = Path(__file__).resolve().parent.parent
+    report = json.loads((root / "benchmarks" / "results" / "plan.json").read_text())
+    assert not report["quick"] and report["results"]["all_within_target"]
+    cases = report["results"]["cases"]
+    assert {(c["size"], c["gradient_checkpointing"]) for c in cases} == {
+        (size, gc) for size in ("tiny", "50M", "300M") for gc in (False, True)}
+    assert all(abs(c["ratio"] - 1) <= 0.2 for c in cases)
+    assert bench_plan.markdown_table(report) in (root / "docs" / "memory.md").read_text()
+    assert (root / "benchmarks" / "results" / "plan.png").read_bytes()[:4] == b"\x89PNG"
+

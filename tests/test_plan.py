@@ -2,6 +2,7 @@
 what it says would fit does fit, and `python -m mmr1kit.train` warns before loading a model that will not fit."""
 
 import logging
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -137,3 +138,27 @@ def test_no_gpu_means_no_plan(monkeypatch):
     assert warn_if_unfit(MMR1Config()) is None
     monkeypatch.setenv("MMR1KIT_GPU_MEM_GIB", "2")
     assert warn_if_unfit(MMR1Config()).fits  # the tiny model: the 1 GiB CUDA context is most of it
+
+
+def test_the_docs_example_is_what_plan_prints_today(monkeypatch):
+    from mmr1kit import memory_model
+
+    text = (ROOT / "docs" / "memory.md").read_text()
+    block = re.search(r"<!-- plan:begin (\S+) -->\n```text\n(.*?)\n```\n<!-- plan:end -->", text, re.DOTALL)
+    monkeypatch.chdir(ROOT)
+    result = plan(block.group(1))
+    assert block.group(2) == result.table()
+    assert "under DDP (`--zero 0`) needs about 144 GiB" in text
+    assert round(plan(block.group(1), zero=0).total / GIB) == 144
+    assert "(off, they would need about 141 GiB)" in text
+    assert round(sum(memory_model.activations(result.arch, result.workload, checkpointing=False).values()) / GIB) == 141
+
+
+@pytest.mark.parametrize("preset, gib", [("vllm/colocate.yaml", 129), ("vllm/server.yaml", 120)])
+def test_the_ddp_figures_quoted_in_the_vllm_presets_are_the_plans(preset, gib):
+    path = ROOT / "configs" / "gpu" / preset
+    assert f"about {gib} GiB per GPU" in path.read_text().replace("\n# ", " ") or f"needs about {gib} GiB" in \
+        path.read_text()
+    assert round(plan(path, zero=0).total / GIB) == gib
+    if preset == "vllm/colocate.yaml":
+        assert f"needs about {gib} GiB per GPU under DDP" in (ROOT / "docs" / "scale_out.md").read_text()
