@@ -57,6 +57,7 @@ PHASE_OF = {"generate": "generate", "ref": "reference", "step": "loss", "optimiz
 def parse_args(argv=None):
     parser = common.base_parser(__doc__, NAME)
     parser.add_argument("--sizes", default="tiny,50M,300M", help=f"model sizes among {list(SIZES)}")
+    parser.add_argument("--replot", action="store_true", help="redraw the figure from the result JSON (--out)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--gc", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -215,25 +216,33 @@ def run_child(size: str, gc: bool, args) -> dict:
 
 
 def figure(cases: list[dict], path: Path) -> None:
-    """Estimated against measured peak per phase and overall, one panel per case."""
+    """Estimated against measured peak per phase and overall: a row per checkpointing setting, a column per size.
+
+    The planner's `rollout` phase is the reference / old log-prob pass, which the trace names `reference`; the rest
+    of the rollout (templates, images, rewards) has no estimate of its own and is not drawn.
+    """
     from matplotlib.figure import Figure
 
-    phases = ["generate", "reference", "rollout", "loss", "optimizer", "peak"]
-    fig = Figure(figsize=(4.2 * len(cases), 3.6), layout="constrained")
-    axes = fig.subplots(1, len(cases), squeeze=False)[0]
-    for ax, case in zip(axes, cases):
+    phases = {"generate": "generate", "reference": "rollout", "loss": "loss", "optimizer": "optimizer",
+              "peak": "peak"}
+    sizes = list(dict.fromkeys(c["size"] for c in cases))
+    fig = Figure(figsize=(4.4 * len(sizes), 7.0), layout="constrained")
+    axes = fig.subplots(2, len(sizes), squeeze=False)
+    for case in cases:
+        ax = axes[int(case["gradient_checkpointing"])][sizes.index(case["size"])]
         names = [p for p in phases if p in case["measured_bytes"]]
-        est = [case["estimate_bytes"].get("rollout" if p == "reference" else p, 0) / 2**30 for p in names]
         got = [case["measured_bytes"][p] / 2**30 for p in names]
+        est = [case["estimate_bytes"][phases[p]] / 2**30 for p in names]
         x = range(len(names))
         ax.bar([i - 0.2 for i in x], got, width=0.4, label="measured (CPU allocator)", color="0.55")
         ax.bar([i + 0.2 for i in x], est, width=0.4, label="estimate (mmr1kit.plan)", color="C0")
-        ax.set_xticks(list(x), names, rotation=30, fontsize="small")
+        ax.set_xticks(list(x), names, fontsize="small")
         gc = "on" if case["gradient_checkpointing"] else "off"
         ax.set_title(f"{case['size']} ({case['parameters'] / 1e6:.1f}M), checkpointing {gc}\n"
                      f"peak: estimate / measured = {case['ratio']:.2f}", fontsize="medium")
         ax.set_ylabel("GiB")
-    axes[0].legend(fontsize="small")
+    axes[0][0].legend(fontsize="small")
+    fig.suptitle("mmr1kit.plan: estimated against measured peak memory per phase (two GRPO steps, CPU, fp32)")
     fig.savefig(path, dpi=100)
 
 
@@ -255,6 +264,10 @@ def main(argv=None):
     args = parse_args(argv)
     if args.child is not None:
         print(json.dumps(child(args)))
+        return None
+    if args.replot:
+        out = common.out_path(args, NAME)
+        figure(json.loads(out.read_text())["results"]["cases"], out.with_suffix(".png"))
         return None
     started = time.time()
     load = common.LoadLog()
