@@ -101,10 +101,10 @@ def shipped_configs() -> list[str]:
 
 def config_location(name_or_path: str) -> str:
     """Where the config of `name_or_path` is read from: a folder path, or the hub id itself."""
-    if name_or_path in ("tiny", "tiny-llava"):
+    if str(name_or_path).startswith("tiny"):  # "tiny", "tiny-llava", ...: mmr1kit's offline models, built once
         from mmr1kit.trainer import resolve_model
 
-        return resolve_model(name_or_path)
+        name_or_path = resolve_model(name_or_path)
     path = Path(name_or_path)
     if path.is_file() and path.name == "config.json":
         return str(path.parent)

@@ -7,10 +7,6 @@ from mmr1kit import memory_model
 from mmr1kit.plan import CONTEXT_GIB, GIB, SEARCH_LIMIT, SLACK, MemoryPlan, smallest_changes
 
 
-def _largest(value) -> str:
-    return "none" if value is None else f">= {value}" if value >= SEARCH_LIMIT else str(value)
-
-
 def _row(name: str, value: int, note: str) -> str:
     return f"{name:<34}{value / GIB:8.2f}  {note}"
 
@@ -83,7 +79,8 @@ def format_table(p: MemoryPlan) -> str:
     lines += [
         _row("reserve", p.reserve, f"CUDA context {CONTEXT_GIB:g} GiB + {SLACK:.0%} allocator slack"),
         _row("total per device", p.total, f"of {p.layout.gpu_mem_gib:g} GiB: {verdict}"),
-        "largest that fit, the rest as set: " + ", ".join(f"{k} {_largest(v)}" for k, v in p.largest.items()),
+        f"largest that fit, the rest as set (group size and batch searched up to {SEARCH_LIMIT}): "
+        + ", ".join(f"{k} {'none' if v is None else v}" for k, v in p.largest.items()),
     ]
     if not p.fits:
         changes = smallest_changes(p)
