@@ -4,6 +4,7 @@
     mmr1kit sweep NOTEBOOK --grid NAME=V1,V2 [--grid ...] [-p NAME VALUE]... [-f PRESET] [--jobs N] [--sweep-dir DIR]
     mmr1kit report RUN_DIR
     mmr1kit params NOTEBOOK
+    mmr1kit plan PRESET [--gpus N] [--gpu-mem GiB] [--zero K]   (exit 1 when the run will not fit)
 
 Exit codes: 0 success; 1 a notebook (or a sweep point) failed; 2 bad arguments or parameters.
 stdout carries the results (the run or sweep folder is the last line); logs and progress go to stderr.
@@ -60,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     params = sub.add_parser("params", help="list a notebook's parameters (name, type, default, help)")
     params.add_argument("notebook", type=Path)
     params.set_defaults(func=_cmd_params)
+
+    from mmr1kit.plan import add_command as add_plan_command
+
+    add_plan_command(sub)  # `mmr1kit plan PRESET`: per-device GPU memory, before any model is loaded
 
     # --- Subcommands added by the lead go here: `mmr1kit build-model` and `mmr1kit data`. ---
     # Pattern: p = sub.add_parser("build-model", help=...); p.add_argument(...); p.set_defaults(func=_cmd_build_model)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mmr1kit.config import MMR1Config
 from mmr1kit.data import load_dataset
+from mmr1kit.plan import warn_if_unfit
 from mmr1kit.scale import check_pixel_bounds, check_vllm_server, vllm_server_url
 from mmr1kit.trainer import MMR1Trainer, resolve_model
 
@@ -82,6 +83,7 @@ def main(argv=None, *, reward_funcs=None, trainer_cls=MMR1Trainer) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     config = MMR1Config.from_args(argv)  # validates every field and the layout; loads nothing
+    warn_if_unfit(config)  # mmr1kit.plan: warns, with the numbers and what would fit, when GPU memory is too small
     resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)
     if config.use_vllm and config.vllm_mode == "server" and config.process_index == 0:
         check_vllm_server(vllm_server_url(config), timeout=config.vllm_server_timeout)

@@ -4,7 +4,9 @@ It overrides as little as possible (design decision 1); each override says what 
 
 - `_get_per_token_logps_and_entropies`: keeps the policy pass's log-probs and entropies for the loss additions;
 - `_compute_loss`: the KL estimator of `kl_approximator` (TRL hard-codes k3), the entropy term, every estimator logged;
-- `_generate_and_score_completions`: MMR1's advantage variants, phase timing, and every rollout into the run folder;
+- `_generate_and_score_completions`: MMR1's advantage variants and every rollout into the run folder;
+- the generation, scoring, reference, rollout and training-step hooks: phase timing and peak memory
+  (`mmr1kit.phases`);
 - `_get_train_sampler`: `order_dataset`;
 - `_load_from_checkpoint`: resuming restores every weight (transformers' own path misses VLM key renames);
 - a callback sets the step's sampling temperature everywhere TRL uses it;
@@ -16,7 +18,6 @@ random order) the loss and gradients are exactly TRL's: the k3 path is TRL's own
 """
 
 import contextlib
-import time
 
 import torch
 from transformers import TrainerCallback
@@ -27,6 +28,7 @@ from mmr1kit import advantages as mmr1_advantages
 from mmr1kit import kl
 from mmr1kit.data.ordering import OrderedRepeatSampler, prompt_order
 from mmr1kit.guards import NonFiniteGuard, NonFiniteTrainingError
+from mmr1kit.phases import PhaseCallback, PhaseLog
 from mmr1kit.progress import use_text_progress
 from mmr1kit.runs import RunRecorder
 from mmr1kit.sampling import ProcessedLogprobs, suppress_vision_tokens
@@ -171,13 +173,14 @@ class MMR1Trainer(VideoTrainerMixin, GRPOTrainer):
         self._policy_pass = None  # (logps, entropies, hidden or None) of the last policy forward with entropies
         self._ref_hidden = None  # (B, T, H) of the last reference pass, when the exact KL will need it
         self._round_rewards = None  # (N, n_funcs) of the round being scored
-        self._timing = {}
         self.recorder = None
         self.processed_logprobs = ProcessedLogprobs(self)  # vLLM's IS ratio on one distribution (mmr1kit.sampling)
         super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, **kwargs)
         # MMR1 multiplies the summed reward by reward_scale before the group statistics; per-function logs stay raw.
         self.reward_weights = self.reward_weights * args.reward_scale
+        self.phases = PhaseLog(self.accelerator.device)  # timing/* and memory/peak_* of every optimizer step
+        self.add_callback(PhaseCallback(self))
         suppress_vision_tokens(self)  # neither engine samples an image / video placeholder or vision marker
         if self.use_vllm:
             use_cpu_weight_sync(self.vllm_generation)  # vLLM's CPU platform: reload_weights (mmr1kit.vllm_sync)
@@ -260,57 +263,41 @@ class MMR1Trainer(VideoTrainerMixin, GRPOTrainer):
             seed=self.args.seed,
         )
 
-    # --- phase timing (timing/<phase> in seconds per optimizer step) --------------------------------------------
-
-    def _time(self, phase: str, start: float) -> None:
-        if self.model.training:  # an evaluation in between is not part of the next optimizer step
-            self._timing[phase] = self._timing.get(phase, 0.0) + time.perf_counter() - start
+    # --- phases: timing/<phase> (seconds) and memory/peak_<phase> (GiB) per optimizer step, mmr1kit.phases ------
 
     def _generate_single_turn(self, *args, **kwargs):
         # The generation call alone: TRL's `_generate` also renders the chat template and preprocesses the images
         # (the first of its two image passes), which goes to timing/other, so tokens_per_second is generation's.
-        start = time.perf_counter()
-        out = super()._generate_single_turn(*args, **kwargs)
-        self._time("generate", start)
-        return out
+        # Phases are measured in training only: an evaluation in between is not part of the next optimizer step.
+        with self.phases.phase("generate", self.model.training):
+            return super()._generate_single_turn(*args, **kwargs)
 
     def _generate(self, prompts):
         out = super()._generate(prompts)
         if self.model.training:
-            tokens = sum(len(ids) for ids in out[1])  # completion_ids: one list of token ids per completion
-            self._timing["generated_tokens"] = self._timing.get("generated_tokens", 0) + tokens
+            self.phases.generated_tokens += sum(len(ids) for ids in out[1])  # completion_ids: one list per completion
         return out
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        start = time.perf_counter()
-        out = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        with self.phases.phase("score", self.model.training):
+            out = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._round_rewards = out  # (N, n_funcs), all processes: what TRL's advantages were computed from
-        self._time("score", start)
         return out
 
     def training_step(self, model, inputs, num_items_in_batch):
-        start = time.perf_counter()
-        out = super().training_step(model, inputs, num_items_in_batch)
-        self._time("step", start)
+        with self.phases.phase("step"):
+            out = super().training_step(model, inputs, num_items_in_batch)
         if self._step % self.current_gradient_accumulation_steps == 0:  # the optimizer step is complete
-            t = self._timing
-            metrics = self._metrics["train"]
-            for phase in ("generate", "score", "ref", "record"):
-                metrics[f"timing/{phase}"].append(t.get(phase, 0.0))
-            rollout = t.get("rollout", 0.0)
-            metrics["timing/policy"].append(t["step"] - rollout)  # forward + backward of the loss (+ exact KL)
-            accounted = sum(t.get(p, 0.0) for p in ("generate", "score", "ref", "record"))
-            metrics["timing/other"].append(rollout - accounted)  # tokenising, image processing, old log-probs
-            if t.get("generate"):
-                metrics["tokens_per_second/generate"].append(t.get("generated_tokens", 0) / t["generate"])
-            self._timing = {}
+            # TRL's own clock of the step (just appended): the phases add up to it, whatever the scheduler does
+            # between TRL's timer and ours on a busy machine
+            self.phases.log_timing(self._metrics["train"], step_time=self._metrics["train"]["step_time"][-1])
         return out
 
     # --- loss ----------------------------------------------------------------------------------------------------
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args,
                                            compute_entropy=False, **kwargs):
-        start = time.perf_counter()
+        self.phases.begin("ref", model is self.ref_model and self.model.training)
         # The exact KL needs the final hidden states of the loss's policy pass and of the reference pass: keep them
         # from these forwards (a hook on the backbone) instead of running the two backbones again.
         # The pass whose log-probs TRL compares with vLLM's needs them too (mmr1kit.sampling.ProcessedLogprobs).
@@ -326,7 +313,7 @@ class MMR1Trainer(VideoTrainerMixin, GRPOTrainer):
             self._policy_pass = (*out[:2], hidden.get("value"))
         elif model is self.ref_model:
             self._ref_hidden = None if "value" not in hidden else hidden["value"].detach()
-            self._time("ref", start)
+        self.phases.end("ref")
         return out
 
     def _exact_kl_wanted(self) -> bool:
@@ -456,7 +443,7 @@ class MMR1Trainer(VideoTrainerMixin, GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         from accelerate.utils import gather_object
 
-        start = time.perf_counter()
+        self.phases.begin("rollout", self.model.training)
         self._ref_hidden = None
         self.processed_logprobs.arm()
         output = super()._generate_and_score_completions(inputs)
@@ -472,18 +459,19 @@ class MMR1Trainer(VideoTrainerMixin, GRPOTrainer):
             last = output["completion_ids"].gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
             truncated = ~torch.isin(last, torch.tensor(self.eos_token_ids, device=last.device))
             self._record_rollouts(inputs, rewards_per_func, advantages, lengths, truncated, gather_object)
-        self._time("rollout", start)
+        self.phases.end("rollout")
         return output
 
     def _record_rollouts(self, inputs, rewards_per_func, advantages, lengths, truncated, gather_object):
         from mmr1kit.data.media import rollout_media
 
-        t0 = time.perf_counter()
+        self.phases.begin("record", self.model.training)
         keys = ("id", "problem", "solution")
         rows = gather_object([{**{k: x.get(k) for k in keys}, **rollout_media(x)} for x in inputs])
         lengths = gather_object(lengths.tolist())
         truncated = gather_object(truncated.tolist())
         if self.recorder is None:
+            self.phases.end("record")
             return
         completions = list(self._logs["completion"])
         weights = self.reward_weights.cpu()
@@ -510,4 +498,4 @@ class MMR1Trainer(VideoTrainerMixin, GRPOTrainer):
                 }
             )
         self.recorder.log_rollouts(records)
-        self._time("record", t0)
+        self.phases.end("record")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `benchmarks` is a folder of the repo, not installed
-from benchmarks import bench_data, bench_learning, bench_memory, bench_overhead, profile_step, run_all
+from benchmarks import bench_data, bench_learning, bench_memory, bench_overhead, bench_plan, profile_step, run_all
 
 
 def check_common(report, name):
@@ -178,3 +178,31 @@ def test_learning_rejects_an_unknown_override():
     with pytest.raises(SystemExit, match="--set expects KEY=VALUE"):
         bench_learning.parse_overrides(["max_steps"])
     assert bench_learning.preset(False, {"max_steps": 3, "entropy_reg": True})["max_steps"] == 3
+
+
+@pytest.mark.slow
+def test_plan_estimate_of_the_tiny_models_training_peak_is_within_20_percent(tmp_path):
+    report = bench_plan.main(["--quick", "--out", str(tmp_path / "plan.quick.json")])
+    check_common(report, "plan")
+    cases = report["results"]["cases"]
+    assert [(c["size"], c["gradient_checkpointing"]) for c in cases] == [("tiny", False), ("tiny", True)]
+    for case in cases:
+        measured = case["measured_bytes"]
+        assert {"generate", "reference", "rollout", "loss", "optimizer"} <= set(measured)
+        assert measured["peak"] == max(measured.values()) > case["baseline_bytes"] > 0
+        assert abs(case["ratio"] - 1) <= bench_plan.TARGET, case  # tensor bytes: deterministic, not a timing
+    assert cases[1]["measured_bytes"]["loss"] < cases[0]["measured_bytes"]["loss"]  # checkpointing saves memory
+    assert "memory plan: training peak" in run_all.render_table(tmp_path, quick=True)
+
+
+def test_the_calibration_in_docs_is_the_recorded_result():
+    root = Path(__file__).resolve().parent.parent
+    report = json.loads((root / "benchmarks" / "results" / "plan.json").read_text())
+    assert not report["quick"] and report["results"]["all_within_target"]
+    cases = report["results"]["cases"]
+    assert {(c["size"], c["gradient_checkpointing"]) for c in cases} == {
+        (size, gc) for size in ("tiny", "50M", "300M") for gc in (False, True)}
+    assert all(abs(c["ratio"] - 1) <= 0.2 for c in cases)
+    assert bench_plan.markdown_table(report) in (root / "docs" / "memory.md").read_text()
+    assert (root / "benchmarks" / "results" / "plan.png").read_bytes()[:4] == b"\x89PNG"
+

@@ -158,7 +158,7 @@ def test_03_training_curves(tiny_sweep, tmp_path):
         assert info["steps"] == 3
         for key in ("reward", "kl/k1", "kl/k2", "kl/k3", "kl/exact", "entropy", "temperature"):
             assert info["last"][key] == pytest.approx(last[key]), key
-    expected = {"rewards", "kl", "entropy", "temperature", "lengths", "clip_ratio", "optimizer", "timing"}
+    expected = {"rewards", "kl", "entropy", "temperature", "lengths", "clip_ratio", "optimizer", "timing", "memory"}
     assert set(record["figures"]) == {f"{name}.png" for name in expected}
     for name in record["figures"]:
         assert (tmp_path / "curves" / name).read_bytes()[:4] == b"\x89PNG"

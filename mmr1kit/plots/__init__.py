@@ -13,7 +13,7 @@ Runs are given as one data frame (from `metrics.jsonl`, with a `step` column or 
 run did not log, or logged only at some steps (NaN elsewhere), are handled: missing points are skipped and a panel
 whose metric no run logged says "not logged".
 
-Modules: `curves` (metric curves per step), `evaluation` (accuracy per group, sweeps), `rollouts` (the rollout
+Modules: `curves` (metric curves per step), `memory` (peak memory per phase), `evaluation` (accuracy per group, sweeps), `rollouts` (the rollout
 gallery), `figure` (the figure class and shared axis helpers). Everything public is importable from here.
 """
 
@@ -36,6 +36,7 @@ from mmr1kit.plots.curves import (
 from mmr1kit.plots.evaluation import plot_accuracy_by_group, plot_sweep
 from mmr1kit.plots.figure import NOT_LOGGED as NOT_LOGGED
 from mmr1kit.plots.figure import _Figure as _Figure
+from mmr1kit.plots.memory import plot_memory
 from mmr1kit.plots.rollouts import _load_image as _load_image
 from mmr1kit.plots.rollouts import rollout_gallery
 
@@ -44,6 +45,7 @@ __all__ = [
     "plot_entropy",
     "plot_kl",
     "plot_lengths",
+    "plot_memory",
     "plot_metrics",
     "plot_rewards",
     "plot_sweep",
