@@ -110,3 +110,14 @@ def test_a_finished_run_is_not_resumed_one_step_past_its_end(tmp_path):
     check_resume_step(checkpoint, 7)
     with pytest.raises(ValueError, match=r"already reached step 6 of max_steps=6 .*raise max_steps"):
         check_resume_step(checkpoint, 6)
+
+
+def test_the_trainer_refuses_the_folder_before_it_loads_a_model(tmp_path):
+    from mmr1kit.trainer import MMR1Trainer
+
+    run_dir = tmp_path / "run"
+    recorded_run(run_dir)
+    before = (run_dir / "config.json").read_text()
+    with pytest.raises(RunFolderInUse, match=f"run folder {run_dir} already holds a run"):  # not a load error:
+        MMR1Trainer(model=str(tmp_path / "no-such-model"), args=MMR1Config(run_dir=str(run_dir)))  # checked first
+    assert (run_dir / "config.json").read_text() == before
