@@ -124,6 +124,8 @@ def _stopped_line(args: argparse.Namespace, run_dir: Path) -> str:
     again = ["mmr1kit", "run", str(args.notebook), "--run-dir", str(args.run_dir or run_dir)]
     again += [*(["--kernel", args.kernel] if args.kernel != "python3" else []),
               *(["--cwd", str(args.cwd)] if args.cwd else [])]
+    if "resume_from_checkpoint" not in nbrun.notebook_parameters(args.notebook):  # a notebook that trains nothing
+        return "stopped by Ctrl-C (the notebook trains nothing: nothing to resume)"
     stop = describe_stop(run_dir)
     if stop["checkpoint"]:
         return (f"stopped at step {stop['step']} of {stop['max_steps']} (Ctrl-C); resume with: "
