@@ -97,7 +97,8 @@ def test_two_processes_gather_groups_record_once_and_resume(qwen_path, counting_
     # checkpoint) is dropped.
     with open(run_dir / "rollouts.jsonl", "a") as f:
         f.write(json.dumps({"step": 3, "prompt_id": "from-a-dead-run", "group": 0}) + "\n")
-    launch(preset, "resumed", "--max_steps", "4", "--resume_from_checkpoint", "true", machines=2)
+    launch(preset, "resumed", "--max_steps", "4", "--allow_changes", "max_steps", "--resume_from_checkpoint", "true",
+           machines=2)  # a longer run: a change to the record, so it is named
     resumed = [d for k in (0, 1) for d in read_jsonl(run_dir / f"rank{k}.jsonl")[0] if d["launch"] == "resumed"]
     assert sorted({d["step"] for d in resumed}) == [3, 4]  # steps 1-2 came from the checkpoint, not retrained
     run = load_run(run_dir)
@@ -107,3 +108,4 @@ def test_two_processes_gather_groups_record_once_and_resume(qwen_path, counting_
     state = json.loads((run_dir / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4 and [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3, 4]
     assert run.manifest["resumed_from"].endswith("checkpoint-2")
+    assert run.manifest["resumes"][0]["changed"] == {"max_steps": [2, 4]} and run.config["max_steps"] == 4
