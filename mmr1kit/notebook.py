@@ -152,11 +152,11 @@ def run_notebook(notebook: str | os.PathLike, *, parameters: Mapping[str, Any] |
             range, a run folder that holds another run (`mmr1kit.preflight`: all raised before anything runs).
             `NotebookRunError`: a cell failed; the partial notebook and HTML are kept. `NotebookInterrupted`: Ctrl-C.
     """
-    from mmr1kit.interrupt import forward_interrupts
-    from mmr1kit.preflight import prepare_notebook_run
-
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
+
+    from mmr1kit.interrupt import forward_interrupts
+    from mmr1kit.preflight import prepare_notebook_run
 
     notebook = Path(notebook).resolve()
     declared = notebook_parameters(notebook)

@@ -7,7 +7,11 @@ It writes the same run folder as `notebooks/01_train_grpo.ipynb` (`mmr1kit.runs`
 records, and the rollouts of every process are gathered into them. The final model goes to `<run_dir>/final`.
 `resume_from_checkpoint: true` (or `--resume_from_checkpoint true`) resumes from the latest `checkpoint-*` folder in
 `output_dir` (default `<run_dir>/checkpoints`); `auto` does the same but starts afresh when there is none (for
-preemptible jobs); a path resumes from that checkpoint. `docs/scale_out.md` has the launch recipes.
+preemptible jobs); a path resumes from that checkpoint. A resumed run takes its parameters from its `config.json`;
+a given value that differs is refused unless `--allow_changes` names it. A folder that holds a run is refused unless
+the run resumes it or `--overwrite_run_dir` moves it aside (`mmr1kit.run_folder`). Ctrl-C stops at the end of a step
+with a checkpoint and prints the command that resumes (`mmr1kit.interrupt`). `docs/scale_out.md` has the launch
+recipes; `python -m mmr1kit.train --help` the short usage.
 """
 
 import logging
@@ -18,7 +22,7 @@ from pathlib import Path
 from mmr1kit.config import MMR1Config
 from mmr1kit.data import load_dataset
 from mmr1kit.interrupt import TrainingInterrupted
-from mmr1kit.run_folder import (  # noqa: F401 - resolve_resume, checkpoint_step: importable from here
+from mmr1kit.run_folder import (  # resolve_resume, checkpoint_step: importable from here, as before
     check_resume_step,
     checkpoint_step,
     config_from_record,
@@ -26,6 +30,7 @@ from mmr1kit.run_folder import (  # noqa: F401 - resolve_resume, checkpoint_step
     resolve_resume,
     resume_conflicts,
     resume_requested,
+    run_record,
     start_run,
 )
 from mmr1kit.scale import check_pixel_bounds, check_vllm_server, vllm_server_url
@@ -171,8 +176,11 @@ def cli(argv=None, *, prog: str = "python -m mmr1kit.train", **kwargs) -> int:
         if stop.get("checkpoint"):
             print(f"stopped by Ctrl-C after step {stop['step']}; resume with: {resume_command(run_dir, prog)} "
                   f"(from {stop['checkpoint']})", file=sys.stderr)
+        elif run_record(run_dir):
+            print("stopped by Ctrl-C before the first checkpoint: nothing to resume; start again with the same "
+                  "command and --overwrite_run_dir", file=sys.stderr)
         else:
-            print("stopped by Ctrl-C before the first checkpoint: nothing to resume", file=sys.stderr)
+            print("stopped by Ctrl-C before training started", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError) as e:
         for line in str(e).splitlines():

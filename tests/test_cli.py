@@ -45,8 +45,8 @@ def test_params_lists_name_type_default_and_help(capsys):
         (["run", TRAIN_NB, "-p", "dataset", "data_cards/missing.md"],
          "error: MMR1Config.dataset='data_cards/missing.md': no such file, folder or data card"),
         (["run", TRAIN_NB, "-p", "task", "cnt", "-p", "eval_size", "0"],
-         "error: parameter task='cnt' of 01_train_grpo.ipynb: expected one of counting, math, grounding, ocr, "
-         "detection, auto\nerror: parameter eval_size=0 of 01_train_grpo.ipynb: must be >= 1\n"),
+         ("error: parameter task='cnt' of 01_train_grpo.ipynb: expected one of counting, math, grounding, ocr, "
+          "detection, auto\nerror: parameter eval_size=0 of 01_train_grpo.ipynb: must be >= 1\n")),
         (["run", TRAIN_NB, "-p", "config_overrides", "{lerning_rate: 0.1}"],
          "error: MMR1Config: unknown field(s) 'lerning_rate' (did you mean learning_rate"),
         (["sweep", TRAIN_NB, "--grid", "learning_rate=1e-4,-1e-4", "--grid", "seed=0,1"],
@@ -119,10 +119,10 @@ def test_one_run_per_folder_and_resume_refuses_a_changed_parameter(cli_run, caps
     assert main(["run", SUMMARY_NB, "--run-dir", str(run_dir), "-q"]) == 2
     assert main(["run", SUMMARY_NB, "--run-dir", str(run_dir), "--resume", "-p", "n", "4", "-q"]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"error: run folder {run_dir} already holds a run (summary.json): resume it with --resume, choose another "
-        f"--run-dir, or pass --overwrite to move it aside to run.old-<YYYYmmdd-HHMMSS>",
-        f"error: resume: n=4 differs from the run's n=2 ({run_dir / 'write_summary.ipynb'}); leave it out to "
-        f"continue the run as it was, or allow the change with --allow-change n"]
+        (f"error: run folder {run_dir} already holds a run (summary.json): resume it with --resume, choose another "
+         f"--run-dir, or pass --overwrite to move it aside to run.old-<YYYYmmdd-HHMMSS>"),
+        (f"error: resume: n=4 differs from the run's n=2 ({run_dir / 'write_summary.ipynb'}); leave it out to "
+         f"continue the run as it was, or allow the change with --allow-change n")]
     assert (run_dir / "summary.json").read_text() == before  # refused before anything ran
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from raw_records import raw_rows, raw_steps, rollouts_per_step
 
 from mmr1kit import kl
 from mmr1kit.launch import free_port
 from mmr1kit.runs import load_run, read_jsonl
-from raw_records import raw_rows, raw_steps, rollouts_per_step
 
 ROOT = Path(__file__).resolve().parent.parent
 HELPER = ROOT / "tests" / "helpers_mp.py"

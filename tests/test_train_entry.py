@@ -6,11 +6,11 @@ import time
 
 import pytest
 import yaml
+from raw_records import raw_steps, rollouts_per_step
 
 from mmr1kit.launch import LaunchError, launch_command, launch_training, stream_process, write_launch_config
 from mmr1kit.runs import load_run
 from mmr1kit.train import checkpoint_step, main, resolve_resume
-from raw_records import raw_steps, rollouts_per_step
 
 
 def length_reward(completions, **kwargs):
