@@ -125,6 +125,12 @@ def test_one_run_per_folder_and_resume_refuses_a_changed_parameter(cli_run, caps
          f"continue the run as it was, or allow the change with --allow-change n")]
     assert (run_dir / "summary.json").read_text() == before  # refused before anything ran
 
+    with contextlib.redirect_stdout(io.StringIO()):  # an explicit overwrite: the old run is moved aside, whole
+        assert main(["run", SUMMARY_NB, "--run-dir", str(run_dir), "-p", "n", "7", "--overwrite", "-q"]) == 0
+    [old] = run_dir.parent.glob("run.old-*")
+    assert (old / "summary.json").read_text() == before and (old / "write_summary.html").is_file()
+    assert json.loads((run_dir / "summary.json").read_text())["n"] == 7
+
 
 @pytest.mark.slow
 def test_console_script_on_failing_notebook_exits_1(tmp_path):
