@@ -1,12 +1,15 @@
 """The `mmr1kit` command.
 
-    mmr1kit run NOTEBOOK [-p NAME VALUE]... [-f PRESET] [--run-dir DIR] [--kernel K] [--resume]
+    mmr1kit run NOTEBOOK [-p NAME VALUE]... [-f PRESET] [--run-dir DIR] [--kernel K] [--resume [--allow-change NAME]...]
+                 [--overwrite]
     mmr1kit sweep NOTEBOOK --grid NAME=V1,V2 [--grid ...] [-p NAME VALUE]... [-f PRESET] [--jobs N] [--sweep-dir DIR]
     mmr1kit report RUN_DIR
     mmr1kit params NOTEBOOK
     mmr1kit plan PRESET [--gpus N] [--gpu-mem GiB] [--zero K]   (exit 1 when the run will not fit)
 
-Exit codes: 0 success; 1 a notebook (or a sweep point) failed; 2 bad arguments or parameters.
+Exit codes: 0 success; 1 a notebook (or a sweep point) failed; 2 bad arguments or parameters (one line each, checked
+before anything runs: `mmr1kit.preflight`); 130 stopped by Ctrl-C (training stops at the end of a step with a
+checkpoint; the command that resumes is printed).
 stdout carries the results (the run or sweep folder is the last line); logs and progress go to stderr.
 """
 
@@ -14,12 +17,23 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from mmr1kit import notebook as nbrun
 from mmr1kit import sweep as sweeps
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reads `-p learning_rate -1e-4` as a value: before Python 3.13, argparse took `-1e-4` for an option (only
+    `-1` and `-1.5` looked like negative numbers to it)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$", re.IGNORECASE)
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -33,14 +47,19 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmr1kit", description="Notebook-first GRPO workbench for VLMs.")
+    parser = _Parser(prog="mmr1kit", description="Notebook-first GRPO workbench for VLMs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="execute a notebook into a run folder and render its HTML report")
     _add_run_options(run)
     run.add_argument("--run-dir", type=Path, help="run folder (default: runs/<notebook>-<YYYYmmdd-HHMMSS>)")
     run.add_argument("--resume", action="store_true",
-                     help="set resume_from_checkpoint=True (the notebook must declare it; needs the run folder)")
+                     help="continue the run in --run-dir with the parameters of its executed notebook (the notebook "
+                          "must declare resume_from_checkpoint); -p values that differ from them need --allow-change")
+    run.add_argument("--allow-change", action="append", default=[], metavar="NAME",
+                     help="with --resume: a parameter (or MMR1Config field) that may differ from the run's (repeatable)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="move a run already in --run-dir aside to <run-dir>.old-<YYYYmmdd-HHMMSS> and start afresh")
     run.add_argument("--execution-timeout", type=int, help="seconds allowed per cell")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no cell output on stderr")
     run.set_defaults(func=_cmd_run)
@@ -84,15 +103,41 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if run_dir is None or not Path(run_dir).is_dir():
             raise ValueError(f"--resume needs the existing folder of the run to resume: pass --run-dir DIR "
                              f"(got {run_dir})")
-        parameters["resume_from_checkpoint"] = True
-    result = nbrun.run_notebook(args.notebook, parameters=parameters, preset=args.preset, run_dir=args.run_dir,
-                                kernel_name=args.kernel, cwd=args.cwd, log_output=not args.quiet,
-                                progress=not args.quiet, execution_timeout=args.execution_timeout)
+    elif args.allow_change:
+        raise ValueError("--allow-change goes with --resume")
+    try:
+        result = nbrun.run_notebook(args.notebook, parameters=parameters, preset=args.preset, run_dir=args.run_dir,
+                                    kernel_name=args.kernel, cwd=args.cwd, log_output=not args.quiet,
+                                    progress=not args.quiet, execution_timeout=args.execution_timeout,
+                                    resume=args.resume, overwrite=args.overwrite, allow_changes=tuple(args.allow_change))
+    except nbrun.NotebookInterrupted as stop:
+        print(_stopped_line(args, stop.run_dir), file=sys.stderr)
+        print(f"report:   {stop.html}", file=sys.stderr)
+        return 130
     print(f"notebook: {result.notebook}")
     print(f"report:   {result.html}")
     print(f"time:     {result.wall_time_s:.1f} s")
     print(result.run_dir)
     return 0
+
+
+def _stopped_line(args: argparse.Namespace, run_dir: Path) -> str:
+    """`stopped at step 7 of 100 (Ctrl-C); resume with: mmr1kit run ... --resume`, from what the run left."""
+    from mmr1kit.interrupt import describe_stop
+    from mmr1kit.run_folder import run_record
+
+    again = ["mmr1kit", "run", str(args.notebook), "--run-dir", str(args.run_dir or run_dir)]
+    again += [*(["--kernel", args.kernel] if args.kernel != "python3" else []),
+              *(["--cwd", str(args.cwd)] if args.cwd else [])]
+    if "resume_from_checkpoint" not in nbrun.notebook_parameters(args.notebook):  # a notebook that trains nothing
+        return "stopped by Ctrl-C (the notebook trains nothing: nothing to resume)"
+    stop = describe_stop(run_dir)
+    if stop["checkpoint"]:
+        return (f"stopped at step {stop['step']} of {stop['max_steps']} (Ctrl-C); resume with: "
+                f"{shlex.join([*again, '--resume'])}")
+    if run_record(run_dir):
+        return f"stopped by Ctrl-C before the first checkpoint; start again with: {shlex.join([*again, '--overwrite'])}"
+    return f"stopped by Ctrl-C before training started; start again with: {shlex.join(again)}"
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -156,8 +201,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():  # one line per problem
+            print(f"error: {line}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("stopped by Ctrl-C", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -8,13 +8,14 @@ field. Build it from a dict (papermill parameters), a YAML preset, or the comman
 
 import difflib
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 import yaml
 from trl import GRPOConfig
 
 from mmr1kit import advantages
+from mmr1kit.config_checks import check_fields, parse_argv, unknown_names
 from mmr1kit.data.ordering import ORDERS
 from mmr1kit.presets import warn_smoke_sizes
 from mmr1kit.scale import check_layout
@@ -66,6 +67,12 @@ class MMR1Config(GRPOConfig):
     on_bad_example: str = field(default="error", metadata={"help": "'error' or 'skip' bad dataset rows."})
     max_nonfinite_steps: int = field(
         default=3, metadata={"help": "Stop (with a checkpoint) after this many consecutive non-finite steps; 0: never."}
+    )
+    overwrite_run_dir: bool = field(
+        default=False, metadata={"help": "Move an existing run in run_dir aside (to <run_dir>.old-<time>) and start afresh."}
+    )
+    allow_changes: list[str] = field(
+        default_factory=list, metadata={"help": "On resume: fields that may differ from the run's config.json."}
     )
 
     # MMR1: KL
@@ -148,6 +155,7 @@ class MMR1Config(GRPOConfig):
     use_cpu: bool = field(default_factory=_use_cpu, metadata={"help": "Train on the CPU (auto: no CUDA)."})
 
     def __post_init__(self):
+        check_fields(self)  # mmr1kit.config_checks: types and ranges of every field, one line per bad field
         self._check_fields()
         if self.output_dir is None:
             self.output_dir = str(Path(self.run_dir) / "checkpoints")
@@ -257,23 +265,24 @@ class MMR1Config(GRPOConfig):
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> "MMR1Config":
-        """Build from the command line: `[PRESET.yaml] [--field value ...]` (HfArgumentParser types the values)."""
-        from transformers import HfArgumentParser
+        """Build from the command line: `[PRESET.yaml] [--field value ...]`, values converted as a preset's are."""
+        return cls.from_dict(cls.values_from_args(argv))
 
+    @classmethod
+    def values_from_args(cls, argv: list[str] | None = None) -> dict:
+        """The values `[PRESET.yaml] [--field value ...]` sets (the preset's, then the command line's), unchecked."""
         argv = list(argv or [])
-        defaults = {}
+        values = {}
         if argv and argv[0].endswith((".yaml", ".yml")):
-            defaults = yaml.safe_load(Path(argv.pop(0)).read_text()) or {}
-            unknown = sorted(set(defaults) - cls.field_names())
+            preset = argv.pop(0)
+            values = yaml.safe_load(Path(preset).read_text()) or {}
+            if not isinstance(values, dict):
+                raise ValueError(f"{preset}: a preset is a mapping of MMR1Config fields, got {type(values).__name__}")
+            values.pop("base", None)
+            unknown = unknown_names(values, cls.field_names())
             if unknown:
-                raise ValueError(f"MMR1Config: unknown field(s) in preset: {unknown}")
-        parser = HfArgumentParser(cls)
-        # HfArgumentParser turns a bool field with a default_factory into False: restore use_cpu's automatic default
-        parser.set_defaults(**{"use_cpu": _use_cpu(), **defaults})
-        (config, rest) = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-        if rest:
-            raise ValueError(f"MMR1Config: unknown command-line argument(s) {rest}")
-        return config
+                raise ValueError(f"MMR1Config: unknown field(s) in preset {preset}: {unknown}")
+        return {**values, **parse_argv(argv, cls.field_names())}
 
     def to_dict(self) -> dict:
         """The resolved config as plain JSON-able values (written to the run folder)."""
@@ -282,5 +291,7 @@ class MMR1Config(GRPOConfig):
             value = getattr(self, f.name)
             if f.name.endswith("_token") or f.name.startswith("_"):
                 continue
+            if is_dataclass(value):  # accelerator_config: a dict reads back, its repr would not
+                value = asdict(value)
             out[f.name] = value if isinstance(value, (int, float, str, bool, list, dict, type(None))) else str(value)
         return out

@@ -21,6 +21,7 @@ from typing import Any
 
 from mmr1kit.notebook import NotebookRunError, _default_run_dir, _repo_root, run_notebook
 from mmr1kit.parameters import check_parameters, notebook_parameters, resolve_parameters
+from mmr1kit.preflight import check_notebook_parameters
 from mmr1kit.runs import write_json
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,18 @@ def parse_grid(spec: str, declared: Mapping[str, Mapping[str, Any]] | None = Non
         declared = notebook_parameters(notebook) if declared is None else declared
         values = [check_parameters(notebook or "notebook", {name: v}, declared=declared)[name] for v in values]
     return name, values
+
+
+def check_grid(notebook, grid: Mapping[str, list], base: Mapping[str, Any], declared, cwd=None) -> None:
+    """Check every point of the grid as `run_notebook` will (`mmr1kit.preflight`); raise one `ValueError` with a line
+    per distinct problem, naming the first point that has it."""
+    problems: dict[str, str] = {}
+    for combo in itertools.product(*grid.values()):
+        values = dict(zip(grid, combo))
+        for line in check_notebook_parameters(notebook, {**base, **values}, declared, cwd):
+            problems.setdefault(line, _point_name(values))
+    if problems:
+        raise ValueError("\n".join(f"grid point {point}: {line}" for line, point in problems.items()))
 
 
 def _point_name(values: Mapping[str, Any]) -> str:
@@ -143,6 +156,7 @@ def sweep(notebook: str | os.PathLike, grid: Mapping[str, list], *, parameters: 
     base.pop("run_dir", None)
     grid = {k: [check_parameters(notebook, {k: v}, declared=declared)[k] for v in values]
             for k, values in grid.items()}
+    check_grid(notebook, grid, base, declared, root)
     sweep_dir = Path(sweep_dir if sweep_dir is not None else _default_run_dir(notebook, "-sweep")).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
 

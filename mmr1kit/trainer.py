@@ -28,8 +28,10 @@ from mmr1kit import advantages as mmr1_advantages
 from mmr1kit import kl
 from mmr1kit.data.ordering import OrderedRepeatSampler, prompt_order
 from mmr1kit.guards import NonFiniteGuard, NonFiniteTrainingError
+from mmr1kit.interrupt import raise_if_stopped, stop_on_interrupt
 from mmr1kit.phases import PhaseCallback, PhaseLog
 from mmr1kit.progress import use_text_progress
+from mmr1kit.run_folder import check_resume_step, open_record, resolve_resume, resume_requested, start_run
 from mmr1kit.runs import RunRecorder
 from mmr1kit.sampling import ProcessedLogprobs, suppress_vision_tokens
 from mmr1kit.scale import feed_vllm_unexpanded_images, rollout_check
@@ -120,15 +122,16 @@ class TemperatureCallback(TrainerCallback):
 class RunRecordCallback(TrainerCallback):
     """Appends every logged step to `metrics.jsonl`; the trainer's final summary goes to `summary.json`.
 
-    On a resumed run, rows that the dead process wrote after the checkpoint it resumes from are dropped first, so
-    every step is in the records exactly once.
+    On a resumed run, rows that the dead process wrote after the checkpoint it resumes from (all of them when it
+    left no checkpoint) are dropped first, so every step is in the records exactly once.
     """
 
     def __init__(self, recorder: RunRecorder):
         self.recorder = recorder
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and state.global_step > 0:  # resumed: the state was loaded before this call
+        resumed = state.global_step > 0 or resume_requested(args.resume_from_checkpoint)  # state loaded before this
+        if state.is_world_process_zero and resumed:
             self.recorder.truncate_after(state.global_step)
 
     def on_save(self, args, state, control, **kwargs):
@@ -163,7 +166,11 @@ class MMR1Trainer(VideoTrainerMixin, GRPOTrainer):
         from mmr1kit.capabilities import check_dataset
         from mmr1kit.models import load_processor
         from mmr1kit.rewards import get_reward_funcs
+        from mmr1kit.threads import pick_threads
 
+        pick_threads(args.use_cpu)  # the notebook's thread count, for every entry point
+        # one run per folder, and a resume that matches the run's record: checked before the model loads
+        start = start_run(args) if record and args.process_index == 0 else None
         model = resolve_model(args.model_name_or_path) if model is None else model
         if isinstance(model, str) and "processing_class" not in kwargs:
             kwargs["processing_class"] = load_processor(model, args.min_pixels, args.max_pixels)
@@ -186,14 +193,8 @@ class MMR1Trainer(VideoTrainerMixin, GRPOTrainer):
             use_cpu_weight_sync(self.vllm_generation)  # vLLM's CPU platform: reload_weights (mmr1kit.vllm_sync)
             if self._is_vlm:  # huggingface/trl#6294: vLLM expands image placeholders itself
                 feed_vllm_unexpanded_images(self.vllm_generation, self.processing_class.image_token_id)
-        if record and self.accelerator.is_main_process:
-            self.recorder = RunRecorder(args.run_dir)
-            self.recorder.write_config(args)
-            bad = getattr(train_dataset, "bad_examples", None) or {}
-            self.recorder.write_manifest(
-                seed=args.seed, dataset=args.dataset, model=str(model), train_rows=len(train_dataset),
-                bad_examples={k: {"count": len(v), "first": v[:3]} for k, v in bad.items()},
-            )
+        if start is not None and self.accelerator.is_main_process:
+            self.recorder = open_record(args, start, model, train_dataset)
             self.add_callback(RunRecordCallback(self.recorder))
         self.add_callback(TemperatureCallback(self))
         self.guard = NonFiniteGuard(self, args.max_nonfinite_steps)
@@ -219,13 +220,22 @@ class MMR1Trainer(VideoTrainerMixin, GRPOTrainer):
         loaded = type(target).from_pretrained(resume_from_checkpoint, dtype=dtype)
         target.load_state_dict(loaded.state_dict(), strict=True)
 
-    def train(self, *args, **kwargs):
-        """`Trainer.train`; raises `NonFiniteTrainingError` when the run stopped on non-finite steps."""
-        output = super().train(*args, **kwargs)
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """`Trainer.train`, resuming as `args.resume_from_checkpoint` says when not told otherwise.
+
+        Raises `NonFiniteTrainingError` when the run stopped on non-finite steps, and `mmr1kit.interrupt.
+        TrainingInterrupted` when Ctrl-C stopped it (at the end of a step, with a checkpoint of that step).
+        """
+        asked = self.args.resume_from_checkpoint if resume_from_checkpoint is None else resume_from_checkpoint
+        resume_from_checkpoint = resolve_resume(asked, self.args.output_dir)  # None or one checkpoint folder
+        check_resume_step(resume_from_checkpoint, self.args.max_steps)
+        with stop_on_interrupt(self) as stop:
+            output = super().train(resume_from_checkpoint, *args, **kwargs)
         if self.guard.stopped:
             if self.recorder is not None:
                 self.recorder.write_summary(stopped=self.guard.message())
             raise NonFiniteTrainingError(self.guard.message())
+        raise_if_stopped(self, stop)
         return output
 
     # --- sampling temperature ------------------------------------------------------------------------------------

@@ -45,11 +45,11 @@ def data(tmp_path_factory):
     return root, load_dataset(root), load_dataset(single, "test"), load_dataset(root, "test")
 
 
-def _config(model, data_dir, run_dir):
+def _config(model, data_dir, run_dir, **overrides):
     return MMR1Config.from_dict(dict(
         model_name_or_path=str(model), dataset=str(data_dir), run_dir=str(run_dir), max_steps=2, save_steps=1,
         save_total_limit=None, learning_rate=1e-2, per_device_train_batch_size=8, num_generations=4,
-        max_completion_length=6, beta=0.04, exact_kl_every=0, warmup_steps=0, seed=0))
+        max_completion_length=6, beta=0.04, exact_kl_every=0, warmup_steps=0, seed=0, **overrides))
 
 
 def _raw(path):
@@ -82,8 +82,10 @@ def test_family_trains_resumes_evaluates_and_browses(arch, data, tmp_path):
     # resume from checkpoint-1 in a copy of the run: every weight is restored and step 2 is reproduced
     resumed_dir = tmp_path / "resumed"
     shutil.copytree(tmp_path / "run", resumed_dir)
-    again = MMR1Trainer(reward_funcs=[length_reward], args=_config(model, data_dir, resumed_dir), train_dataset=train)
-    again.train(resume_from_checkpoint=str(resumed_dir / "checkpoints" / "checkpoint-1"))
+    checkpoint_1 = str(resumed_dir / "checkpoints" / "checkpoint-1")
+    again = MMR1Trainer(reward_funcs=[length_reward], train_dataset=train,
+                        args=_config(model, data_dir, resumed_dir, resume_from_checkpoint=checkpoint_1))
+    again.train(resume_from_checkpoint=checkpoint_1)
     resumed = _raw(resumed_dir / "metrics.jsonl")
     assert [m["step"] for m in resumed] == [1, 2]
     for key in ("loss", "reward", "kl", "entropy", "grad_norm"):
