@@ -187,7 +187,9 @@ def evaluate(model_or_path, dataset, task: str = "counting", *, processor=None, 
     metrics.update(metric_intervals(first, {**INTERVALS.get(task, {}), "accuracy": "correct",
                                             "no_answer_rate": "no_answer"}, seed=seed))
     if num_samples > 1:
-        metrics[f"pass@{num_samples}"] = float(df.groupby("id")["correct"].any().mean())
+        solved = df.groupby("id")["correct"].any().astype(float)
+        metrics[f"pass@{num_samples}"] = float(solved.mean())
+        metrics.update(metric_intervals(pd.DataFrame({"solved": solved}), {f"pass@{num_samples}": "solved"}, seed=seed))
     per_class = None
     if task == "detection":
         per_class = detection_ap_by_label(first)
@@ -198,7 +200,8 @@ def evaluate(model_or_path, dataset, task: str = "counting", *, processor=None, 
 
 # task -> {metric: per-example column} of the means that get a bootstrap interval (detection AP is not a mean of
 # per-example values: its interval would need COCOeval per resample, too slow here)
-INTERVALS = {"grounding": {"acc@0.5": "correct", "mean_iou": "iou", "center_acc": "center_hit"},
+INTERVALS = {"counting": {"parse_rate": "answered"},
+             "grounding": {"acc@0.5": "correct", "mean_iou": "iou", "center_acc": "center_hit"},
              "ocr": {"anls": "anls", "ned_similarity": "ned_similarity"}, "detection": {"mean_f1": "score"}}
 
 

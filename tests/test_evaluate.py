@@ -217,6 +217,8 @@ def test_evaluate_tiny_model_records_metrics_and_pass_at_k(qwen_path, grounding_
     df = result.records
     assert len(df) == 12 and sorted(df["sample"].unique()) == [0, 1] and set(df["label"]) == {"tiny"}
     assert result.metrics["task"] == "grounding" and result.metrics["n"] == 6 and "pass@2" in result.metrics
+    for name in ("pass@2", "accuracy", "mean_iou", "center_acc", "no_answer_rate"):  # every mean has an interval
+        assert result.metrics[f"{name}_low"] <= result.metrics[name] <= result.metrics[f"{name}_high"], name
     first = df[df["sample"] == 0]
     assert result.metrics["mean_iou"] == pytest.approx(first["iou"].mean())
     assert {"image_path", "gt_box", "pred_box", "relation", "difficulty"} <= set(df.columns)
