@@ -222,6 +222,46 @@ def test_plot_accuracy_by_group_bars_heights_and_legend(tmp_path):
         plots.plot_accuracy_by_group(_eval_df(), group="difficulty")
 
 
+def _outcomes():
+    from mmr1kit.evaluate_stats import outcome_table
+
+    rows = []
+    for label, correct, answered in (("warm start", [1, 0, 0, 0], [1, 1, 0, 1]), ("after GRPO", [1, 1, 1, 0], [1] * 4)):
+        rows += [{"id": str(i), "sample": 0, "label": label, "correct": bool(c), "answered": bool(a)}
+                 for i, (c, a) in enumerate(zip(correct, answered))]
+    return pd.DataFrame(rows), outcome_table(pd.DataFrame(rows))
+
+
+def test_plot_outcomes_stacks_correct_wrong_and_no_answer(tmp_path):
+    _, table = _outcomes()
+    fig = plots.plot_outcomes(table)
+    ax = fig.axes[0]
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert len(bars) == 3 and all(len(b) == 2 for b in bars)
+    correct, wrong, none = bars  # rows drawn bottom-up: "after GRPO" first
+    np.testing.assert_allclose([r.get_width() for r in correct], [0.75, 0.25])
+    np.testing.assert_allclose([r.get_width() for r in wrong], [0.25, 0.5])
+    np.testing.assert_allclose([r.get_width() for r in none], [0.0, 0.25])
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["after GRPO", "warm start"]
+    assert any(t.startswith("75.0% [") and t.endswith("n=4") for t in _text(fig))
+    fig.savefig(tmp_path / "outcomes.png")
+    with pytest.raises(ValueError, match="outcome_table"):
+        plots.plot_outcomes(table.drop(columns=["accuracy_low"]))
+
+
+def test_plot_paired_differences_one_interval_per_comparison(tmp_path):
+    from mmr1kit.evaluate_stats import comparison_table, paired_comparison
+
+    records, _ = _outcomes()
+    fig = plots.plot_paired_differences(comparison_table(records))
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["after GRPO vs warm start"]
+    assert any(t.startswith("+50.0 [") and "p=0.5" in t for t in _text(fig))  # 2 discordant pairs: p = 0.5
+    fig.savefig(tmp_path / "paired.png")
+    same = plots.plot_paired_differences([paired_comparison(records, "warm start", "after GRPO")])
+    assert [t.get_text() for t in same.axes[0].get_yticklabels()] == ["after GRPO vs warm start"]
+
+
 @pytest.fixture
 def images(tmp_path):
     for name, color in (("a.png", (200, 30, 30)), ("b.png", (30, 200, 30))):

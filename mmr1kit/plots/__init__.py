@@ -13,8 +13,9 @@ Runs are given as one data frame (from `metrics.jsonl`, with a `step` column or 
 run did not log, or logged only at some steps (NaN elsewhere), are handled: missing points are skipped and a panel
 whose metric no run logged says "not logged".
 
-Modules: `curves` (metric curves per step), `memory` (peak memory per phase), `evaluation` (accuracy per group, sweeps), `rollouts` (the rollout
-gallery), `figure` (the figure class and shared axis helpers). Everything public is importable from here.
+Modules: `curves` (metric curves per step), `memory` (peak memory per phase), `evaluation` (accuracy per group,
+outcomes with intervals, paired differences, sweeps), `rollouts` (the rollout gallery), `figure` (the figure class
+and shared axis helpers). Everything public is importable from here.
 """
 
 from mmr1kit.plots.curves import (
@@ -33,7 +34,7 @@ from mmr1kit.plots.curves import (
     plot_timing,
     smooth,
 )
-from mmr1kit.plots.evaluation import plot_accuracy_by_group, plot_sweep
+from mmr1kit.plots.evaluation import plot_accuracy_by_group, plot_outcomes, plot_paired_differences, plot_sweep
 from mmr1kit.plots.figure import NOT_LOGGED as NOT_LOGGED
 from mmr1kit.plots.figure import _Figure as _Figure
 from mmr1kit.plots.memory import plot_memory
@@ -47,6 +48,8 @@ __all__ = [
     "plot_lengths",
     "plot_memory",
     "plot_metrics",
+    "plot_outcomes",
+    "plot_paired_differences",
     "plot_rewards",
     "plot_sweep",
     "plot_temperature",
