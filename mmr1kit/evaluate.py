@@ -60,13 +60,15 @@ def generate(model, processor, dataset, *, batch_size=64, max_new_tokens=16, do_
     model.eval()
     tokenizer = getattr(processor, "tokenizer", processor)
     tokenizer.padding_side = "left"
+    # A processor takes tokenizer options in `processor_kwargs` (passed loose, transformers 5.23 warns on every call).
+    padding = {"processor_kwargs": {"padding": True}} if tokenizer is not processor else {"padding": True}
     torch.manual_seed(seed)
     outputs = []
     for idx in _batches(len(dataset), batch_size):
         rows = dataset.select(idx)
         conversations = [prepare_multimodal_messages(r["prompt"], images=[r["image"]]) for r in rows]
         inputs = processor.apply_chat_template(conversations, add_generation_prompt=True, tokenize=True,
-                                               return_dict=True, padding=True, return_tensors="pt")
+                                               return_dict=True, return_tensors="pt", **padding)
         inputs = inputs.to(model.device)
         generated = model.generate(
             **inputs,
@@ -308,6 +310,8 @@ def failure_gallery(records: pd.DataFrame, *, max_items: int = 8, ncols: int = 4
     wrong = records[(records["sample"] == 0) & ~records["correct"].astype(bool)].head(max_items)
     frame = pd.DataFrame({"image": wrong["image_path"], "completion": wrong["completion"],
                           "score": wrong["score"], "solution": wrong["solution"]})
+    if "answer" in wrong:  # the parsed prediction, shown next to the ground truth
+        frame["answer"] = wrong["answer"]
     if "label" in wrong:
         frame["prompt_id"] = wrong["id"].astype(str) + " · " + wrong["label"].astype(str)
     fig = rollout_gallery(frame.reset_index(drop=True), ncols=ncols, max_items=max_items, reward_cols=["score"],
