@@ -38,11 +38,6 @@ def _not_logged(ax, what: str = NOT_LOGGED) -> None:
     ax.set_yticks([])
 
 
-def _legend(ax, **kw) -> None:
-    if any(not str(h.get_label()).startswith("_") for h in ax.get_lines() + ax.collections):
-        ax.legend(fontsize="small", **kw)
-
-
 def _finish(fig: Figure, title) -> Figure:
     if title:
         fig.suptitle(title)
@@ -58,3 +53,30 @@ def _is_number(value) -> bool:
 
 def _fmt_group(g) -> str:
     return str(int(float(g))) if _is_number(g) and float(g).is_integer() else str(g)
+
+
+def save_figure(fig: Figure, path, *, dpi: int = 100) -> None:
+    """Write `fig` to `path` as PNG and show that same image as the output of the notebook cell.
+
+    A figure that is only saved never reaches the executed notebook, so neither JupyterLab nor the HTML report shows
+    it; this keeps "saved" and "shown" one act, with identical bytes. The output's text form names the file, which is
+    what the console of a headless run prints for it. Outside IPython only the file is written.
+
+    Returns `None`, so that a cell ending with it shows the figure and nothing else.
+    """
+    import base64
+    import io
+    from pathlib import Path
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    path = Path(path)
+    path.write_bytes(buf.getvalue())
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:  # IPython is a dependency of ipykernel, but the library does not need it
+        return
+    if get_ipython() is not None:
+        png = base64.b64encode(buf.getvalue()).decode("ascii")
+        display({"image/png": png, "text/plain": f"figure: {path}"}, raw=True)
