@@ -12,6 +12,7 @@ stdout carries the results (the run or sweep folder is the last line); logs and 
 from __future__ import annotations
 
 import argparse
+import ast
 import logging
 import sys
 from collections.abc import Sequence
@@ -37,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="execute a notebook into a run folder and render its HTML report")
     _add_run_options(run)
-    run.add_argument("--run-dir", type=Path, help="run folder (default: runs/<notebook>-<YYYYmmdd-HHMMSS>)")
+    run.add_argument("--run-dir", type=Path, help="run folder (default: the notebook's own run_dir default, relative "
+                     "to the project root, as in JupyterLab; else runs/<notebook>-<YYYYmmdd-HHMMSS>)")
     run.add_argument("--resume", action="store_true",
                      help="set resume_from_checkpoint=True (the notebook must declare it; needs the run folder)")
     run.add_argument("--execution-timeout", type=int, help="seconds allowed per cell")
@@ -80,7 +82,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise ValueError(f"--resume needs the existing folder of the run to resume: pass --run-dir DIR "
                              f"(got {run_dir})")
         parameters["resume_from_checkpoint"] = True
-    result = nbrun.run_notebook(args.notebook, parameters=parameters, preset=args.preset, run_dir=args.run_dir,
+    run_dir = args.run_dir if args.run_dir is not None else _notebook_run_dir(args, parameters)
+    result = nbrun.run_notebook(args.notebook, parameters=parameters, preset=args.preset, run_dir=run_dir,
                                 kernel_name=args.kernel, cwd=args.cwd, log_output=not args.quiet,
                                 progress=not args.quiet, execution_timeout=args.execution_timeout)
     print(f"notebook: {result.notebook}")
@@ -88,6 +91,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"time:     {result.wall_time_s:.1f} s")
     print(result.run_dir)
     return 0
+
+
+def _notebook_run_dir(args: argparse.Namespace, parameters: dict) -> Path | None:
+    """Without `--run-dir`, the folder the notebook writes to by itself: its own `run_dir` default, relative to the
+    kernel's working directory (the project root), exactly as Run All in JupyterLab uses it. So the notebooks chain
+    with their defaults (01 writes `runs/smoke`, which 02, 03 and 05 read). `None` (a dated folder, see
+    `run_notebook`) when `-p run_dir` or the preset's `run_dir` decide, or the notebook declares no default."""
+    declared = nbrun.notebook_parameters(args.notebook)
+    if "run_dir" in parameters or "run_dir" not in declared:
+        return None
+    cwd = args.cwd.resolve() if args.cwd is not None else nbrun._repo_root(args.notebook.resolve())
+    if args.preset is not None and "run_dir" in nbrun.load_preset(args.preset, cwd)[0]:
+        return None
+    default = ast.literal_eval(declared["run_dir"]["default"])
+    return cwd / default if isinstance(default, str) and default else None
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:

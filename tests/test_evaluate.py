@@ -232,6 +232,8 @@ def test_failure_gallery_draws_ground_truth_and_predictions():
     df["image_path"], df["completion"], df["solution"] = "missing.png", "[0, 0, 10, 10]", "[0, 0, 40, 40]"
     fig = failure_gallery(df, max_items=2)
     assert [len(ax.patches) for ax in fig.axes[:2]] == [2, 2]  # one green, one red box per failure
+    for ax, (_, row) in zip(fig.axes, df.iterrows()):  # the ground truth next to the prediction, in words too
+        assert " ".join(ax.get_xlabel().splitlines()).startswith(f"truth [0, 0, 40, 40] · answer {row['answer']}")
 
 
 # ---------------------------------------------------------------------------------------------- runs and the notebook
@@ -281,6 +283,8 @@ def test_evaluate_models_on_checkpoints(counting_run, counting_dir):
 
 @pytest.mark.slow
 def test_04_evaluate_notebook_on_a_run(counting_run, counting_dir, tmp_path):
+    from reports import NOISE, figures_in_report, report_text
+
     from mmr1kit.notebook import run_notebook
 
     result = run_notebook(ROOT / "notebooks" / "04_evaluate.ipynb", run_dir=tmp_path / "eval", log_output=False,
@@ -300,4 +304,7 @@ def test_04_evaluate_notebook_on_a_run(counting_run, counting_dir, tmp_path):
     by_count = [r for r in metrics["per_class"] if r["model"] == "final"]
     assert sum(r["n"] for r in by_count) == 16 and {r["count"] for r in by_count} <= set(range(5))
     assert (out / "failures.png").read_bytes()[:4] == b"\x89PNG" and result.html.is_file()
+    # the report shows both figures the notebook saved, and no library noise
+    assert set(figures_in_report(result.html, out)) == {"accuracy_by_count.png", "failures.png"}
+    assert not NOISE.search(report_text(result.html))
     assert np.isfinite(metrics["wall_time_s"]) and metrics["wall_time_s"] < 120
