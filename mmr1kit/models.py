@@ -53,7 +53,7 @@ LLAVA_CHAT_TEMPLATE = QWEN_CHAT_TEMPLATE.replace("<|vision_start|><|image_pad|><
 
 ARCHITECTURES = ("qwen2_5_vl", "llava")
 
-# Size "S" of ../shared/research/learning-feasibility.md: 0.7M parameters, learns the counting task in minutes.
+# Size "S" of docs/demo.md: 0.7M parameters, learns the counting task in minutes.
 # initializer_range 0.1, not HF's 0.02: at 0.02 a tiny VLM trained from scratch ignores the image.
 DEFAULT_SIZE = dict(
     hidden_size=128,
