@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
-import warnings
 
 import numpy as np
 import pandas as pd
 
+from mmr1kit.plots.rollouts import printable
 from mmr1kit.rollout_groups import (
     FLAT,
     GROUP_KEYS,
@@ -120,11 +119,6 @@ def group_view(rollouts: pd.DataFrame, step: int, group: int, *, box_convention:
     }
 
 
-def printable(text: str) -> str:
-    """`text` with control characters other than newline and tab written as `\\xNN` (a random policy emits them)."""
-    return "".join(ch if ch.isprintable() or ch in "\n\t" else f"\\x{ord(ch):02x}" for ch in str(text))
-
-
 def _esc(value) -> str:
     return html.escape(printable("" if value is None or (isinstance(value, float) and math.isnan(value)) else value))
 
@@ -144,6 +138,7 @@ def figure_png(view: dict, *, image_root=None, dpi: int = 72, ncols: int = 4) ->
     and the first predicted box of each completion are drawn. Returns PNG bytes, or `None` without an image.
     """
     from mmr1kit.plots import _load_image, rollout_gallery
+    from mmr1kit.plots.figure import png_bytes
     from mmr1kit.rewards.parsing import to_pixels
 
     image, _ = _load_image(view["image"], image_root)
@@ -161,11 +156,7 @@ def figure_png(view: dict, *, image_root=None, dpi: int = 72, ncols: int = 4) ->
     rows["completion"] = [f"#{i}: {printable(t)}" for i, t in enumerate(comp["completion"])]
     fig = rollout_gallery(rows, image_root=image_root, ncols=min(ncols, max(len(rows), 1)), max_items=len(rows),
                           reward_cols=[], max_chars=60)
-    buf = io.BytesIO()
-    with warnings.catch_warnings():  # a random policy writes characters no installed font has
-        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
-        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    return buf.getvalue()
+    return png_bytes(fig, dpi)  # a random policy writes characters no installed font has: no warning per glyph
 
 
 def view_html(view: dict, *, image_root=None, figure: bool = True, dpi: int = 72) -> str:

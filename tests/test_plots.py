@@ -420,3 +420,17 @@ def test_rollout_gallery_shows_the_ground_truth_next_to_the_prediction(images):
         assert label.startswith(truth), label
     no_solution = plots.rollout_gallery(rows.drop(columns=["solution"]), image_root=images)
     assert not any("truth" in ax.get_xlabel() for ax in no_solution.axes)
+
+
+def test_gallery_writes_control_characters_escaped_and_renders_without_glyph_warnings(images):
+    import warnings
+
+    rows = _rollouts(1).assign(completion="<answer>\x10\x1b3</answer>", solution="3")
+    fig = plots.rollout_gallery(rows, image_root=images)
+    assert fig.axes[0].get_title(loc="left") == "<answer>\\x10\\x1b3</answer>"
+    assert " ".join(fig.axes[0].get_xlabel().splitlines()).startswith("truth 3 · answer \\x10\\x1b3")
+    cjk = plots.rollout_gallery(rows.assign(completion="<answer>三</answer>"), image_root=images)  # no such glyph
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert fig._repr_png_()[:4] == b"\x89PNG" and cjk._repr_png_()[:4] == b"\x89PNG"
+    assert not [w for w in caught if "Glyph" in str(w.message)]

@@ -10,15 +10,28 @@ from matplotlib.figure import Figure
 NOT_LOGGED = "not logged"
 
 
+def png_bytes(fig: Figure, dpi: float | None = None) -> bytes:
+    """`fig` as PNG bytes (tight bounding box).
+
+    A character that no installed font has is drawn as a box, and matplotlib warns once per glyph ("Glyph 27 missing
+    from font(s)"); the box already says it, so the warning stays out of reports. Control characters never get here:
+    the galleries write them as `\\xNN` (`mmr1kit.plots.rollouts.printable`).
+    """
+    import io
+    import warnings
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font", category=UserWarning)
+        fig.savefig(buf, format="png", dpi=dpi or "figure", bbox_inches="tight")
+    return buf.getvalue()
+
+
 class _Figure(Figure):
     """A plain `Figure` that IPython can render without pyplot's inline backend being loaded."""
 
     def _repr_png_(self) -> bytes:
-        import io
-
-        buf = io.BytesIO()
-        self.savefig(buf, format="png", bbox_inches="tight")
-        return buf.getvalue()
+        return png_bytes(self)
 
 
 def _grid(n: int, ncols: int, panel=(4.2, 3.0), **fig_kw) -> tuple[Figure, list]:
@@ -65,18 +78,16 @@ def save_figure(fig: Figure, path, *, dpi: int = 100) -> None:
     Returns `None`, so that a cell ending with it shows the figure and nothing else.
     """
     import base64
-    import io
     from pathlib import Path
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    data = png_bytes(fig, dpi)
     path = Path(path)
-    path.write_bytes(buf.getvalue())
+    path.write_bytes(data)
     try:
         from IPython import get_ipython
         from IPython.display import display
     except ImportError:  # IPython is a dependency of ipykernel, but the library does not need it
         return
     if get_ipython() is not None:
-        png = base64.b64encode(buf.getvalue()).decode("ascii")
+        png = base64.b64encode(data).decode("ascii")
         display({"image/png": png, "text/plain": f"figure: {path}"}, raw=True)

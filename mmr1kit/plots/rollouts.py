@@ -61,6 +61,11 @@ def _load_image(value, image_root):
         return None, f"cannot open {path.name}: {type(err).__name__}"
 
 
+def printable(text: str) -> str:
+    """`text` with control characters other than newline and tab written as `\\xNN` (a random policy emits them)."""
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else f"\\x{ord(ch):02x}" for ch in str(text))
+
+
 def _shorten(text: str, max_chars: int) -> str:
     """Cut the middle out of `text` so that the answer at its end stays visible."""
     if len(text) <= max_chars:
@@ -73,7 +78,7 @@ def _answer_text(value, max_chars: int = 28) -> str | None:
     """The answer in `value`: inside `<answer>...</answer>` when tagged, else the whole text; whitespace collapsed."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
-    text = str(value)
+    text = printable(value)
     found = _ANSWER.search(text)
     return _shorten(" ".join((found.group(1) if found else text).split()), max_chars)
 
@@ -178,7 +183,7 @@ def rollout_gallery(
             )
         ax.set_xticks([])
         ax.set_yticks([])
-        completion = _shorten(" ".join(str(row.get("completion", "") or "").split()), max_chars)
+        completion = _shorten(" ".join(printable(row.get("completion", "") or "").split()), max_chars)
         title = textwrap.fill(completion, width=wrap, break_on_hyphens=False) if completion else "(empty completion)"
         ax.set_title(title, fontsize=7, fontfamily="monospace", loc="left", parse_math=False)
         head = [
