@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from mmr1kit.plots.curves import _as_runs, _figure_legend, _line, _step_axis, _steps, _xy
+from mmr1kit.plots.curves import _as_runs, _figure_legend, _line, _step_axis, _steps, _style_handles, _xy
 from mmr1kit.plots.figure import _finish, _grid, _not_logged
 from mmr1kit.plots.labels import NATS
 
@@ -147,7 +147,7 @@ def plot_lengths(runs, *, smooth_window: int = 0, title=None, show_raw: bool = T
     handles = [h for a in (ax, twin) for h in a.get_lines() if not h.get_label().startswith("_")]
     if handles:
         _step_axis(ax)
-        ax.legend(handles=handles, fontsize="small")
+        ax.legend(handles=handles + _style_handles(smooth_window, show_raw, band=False), fontsize="small")
         if twin.get_lines():
             twin.set_ylim(-0.03, 1.03)
         else:
