@@ -28,8 +28,10 @@ import warnings
 
 # (message regex, category, regex of the module that raises it): only these are ignored.
 LIBRARY_WARNINGS = (
-    # TRL 1.16 reads `model.is_gradient_checkpointing`, which transformers 5.23 deprecated; nothing for a user to do.
-    (r"`is_gradient_checkpointing` is deprecated", FutureWarning, r"transformers\.modeling_utils"),
+    # TRL 1.16 reads `model.is_gradient_checkpointing` and, with checkpointing on, toggles it around generation with
+    # `gradient_checkpointing_enable/disable`, all deprecated by transformers 5.23; nothing for a user to do.
+    (r"`(is_gradient_checkpointing|gradient_checkpointing_enable|gradient_checkpointing_disable)` is deprecated",
+     FutureWarning, r"transformers\.modeling_utils"),
 )
 # papermill's console lines that carry nothing: cell banners, and the text/plain repr of rich outputs
 PAPERMILL_NOISE = re.compile(
