@@ -406,6 +406,14 @@ def test_schedules_and_timings_are_drawn_as_logged_not_smoothed():
     np.testing.assert_array_equal(temperature.axes[0].get_lines()[0].get_ydata(), df["temperature"].to_numpy())
 
 
+def test_fractions_keep_their_axis_within_zero_and_one():
+    df = _metrics().assign(**{"clip_ratio/low_mean": 0.0, "completions/clipped_ratio": 1.0})
+    fig = plots.plot_metrics(df, ["clip_ratio/low_mean", "completions/clipped_ratio"])
+    for ax in fig.axes:  # constant 0 or 1: matplotlib alone would pad the axis to -0.05 or 1.05
+        low, high = ax.get_ylim()
+        assert -0.021 <= low and high <= 1.021
+
+
 def test_rollout_gallery_shows_the_ground_truth_next_to_the_prediction(images):
     rows = _rollouts(3).assign(solution=["3", "<answer>2</answer>", "[1, 2, 3, 4]"],
                                completion=["<answer>3</answer>", "<answer> 4 </answer>", "no tags here"])

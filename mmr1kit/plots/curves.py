@@ -192,13 +192,18 @@ def plot_metrics(runs, keys, *, smooth_window: int = 0, title=None, ncols: int =
         if not _has(runs, key):
             _not_logged(ax)
             continue
-        window = smooth_window if metric_info(key).smooth else 0
+        info = metric_info(key)
+        window = smooth_window if info.smooth else 0
         smoothed = max(smoothed, window or 0)
         for i, (label, df) in enumerate(runs.items()):
             x, y = _xy(df, key, label)
             if x.size:
                 _line(ax, x, y, smooth_window=window, show_raw=show_raw, label=label, color=f"C{i % 10}")
         _step_axis(ax)
+        if info.bounds is not None:  # a fraction's axis does not run below 0 or above 1
+            low, high = ax.get_ylim()
+            margin = 0.02 * (info.bounds[1] - info.bounds[0])
+            ax.set_ylim(max(low, info.bounds[0] - margin), min(high, info.bounds[1] + margin))
     _figure_legend(axes, smoothed=smoothed, show_raw=show_raw)
     return _finish(fig, title)
 
