@@ -228,7 +228,7 @@ def demo_grpo_settings() -> dict:
 
 
 def tiny_model(quick: bool) -> Path:
-    """The demo's tiny Qwen2.5-VL (size S of learning-feasibility.md), or a smaller one for `--quick`."""
+    """The demo's tiny Qwen2.5-VL (size S of docs/demo.md), or a smaller one for `--quick`."""
     from mmr1kit.models import tiny_vlm
 
     return tiny_vlm(hidden_size=64, vision_hidden_size=32) if quick else tiny_vlm()

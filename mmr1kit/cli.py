@@ -16,6 +16,7 @@ stdout carries the results (the run or sweep folder is the last line); logs and 
 from __future__ import annotations
 
 import argparse
+import ast
 import logging
 import re
 import shlex
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="execute a notebook into a run folder and render its HTML report")
     _add_run_options(run)
-    run.add_argument("--run-dir", type=Path, help="run folder (default: runs/<notebook>-<YYYYmmdd-HHMMSS>)")
+    run.add_argument("--run-dir", type=Path, help="run folder (default: the notebook's own run_dir default, relative "
+                     "to the project root, as in JupyterLab; else runs/<notebook>-<YYYYmmdd-HHMMSS>)")
     run.add_argument("--resume", action="store_true",
                      help="continue the run in --run-dir with the parameters of its executed notebook (the notebook "
                           "must declare resume_from_checkpoint); -p values that differ from them need --allow-change")
@@ -94,19 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     parameters = dict(args.parameter)
+    run_dir = args.run_dir if args.run_dir is not None else _notebook_run_dir(args, parameters)
     if args.resume:
         declared = nbrun.notebook_parameters(args.notebook)
         if "resume_from_checkpoint" not in declared:
             raise ValueError(f"--resume: {args.notebook} declares no 'resume_from_checkpoint' parameter; "
                              f"valid: {', '.join(declared)}")
-        run_dir = args.run_dir or parameters.get("run_dir")
-        if run_dir is None or not Path(run_dir).is_dir():
+        target = run_dir or parameters.get("run_dir")
+        if target is None or not Path(target).is_dir():
             raise ValueError(f"--resume needs the existing folder of the run to resume: pass --run-dir DIR "
-                             f"(got {run_dir})")
+                             f"(got {target})")
     elif args.allow_change:
         raise ValueError("--allow-change goes with --resume")
     try:
-        result = nbrun.run_notebook(args.notebook, parameters=parameters, preset=args.preset, run_dir=args.run_dir,
+        result = nbrun.run_notebook(args.notebook, parameters=parameters, preset=args.preset, run_dir=run_dir,
                                     kernel_name=args.kernel, cwd=args.cwd, log_output=not args.quiet,
                                     progress=not args.quiet, execution_timeout=args.execution_timeout,
                                     resume=args.resume, overwrite=args.overwrite, allow_changes=tuple(args.allow_change))
@@ -138,6 +141,21 @@ def _stopped_line(args: argparse.Namespace, run_dir: Path) -> str:
     if run_record(run_dir):
         return f"stopped by Ctrl-C before the first checkpoint; start again with: {shlex.join([*again, '--overwrite'])}"
     return f"stopped by Ctrl-C before training started; start again with: {shlex.join(again)}"
+
+
+def _notebook_run_dir(args: argparse.Namespace, parameters: dict) -> Path | None:
+    """Without `--run-dir`, the folder the notebook writes to by itself: its own `run_dir` default, relative to the
+    kernel's working directory (the project root), exactly as Run All in JupyterLab uses it. So the notebooks chain
+    with their defaults (01 writes `runs/smoke`, which 02, 03 and 05 read). `None` (a dated folder, see
+    `run_notebook`) when `-p run_dir` or the preset's `run_dir` decide, or the notebook declares no default."""
+    declared = nbrun.notebook_parameters(args.notebook)
+    if "run_dir" in parameters or "run_dir" not in declared:
+        return None
+    cwd = args.cwd.resolve() if args.cwd is not None else nbrun._repo_root(args.notebook.resolve())
+    if args.preset is not None and "run_dir" in nbrun.load_preset(args.preset, cwd)[0]:
+        return None
+    default = ast.literal_eval(declared["run_dir"]["default"])
+    return cwd / default if isinstance(default, str) and default else None
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:

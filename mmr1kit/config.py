@@ -159,6 +159,10 @@ class MMR1Config(GRPOConfig):
         self._check_fields()
         if self.output_dir is None:
             self.output_dir = str(Path(self.run_dir) / "checkpoints")
+        # transformers 5.23 renamed gradient_checkpointing to activation_checkpointing and warns (FutureWarning) on the
+        # old name whenever the new one is unset; MMR1, TRL and our presets use the old name, so it is mapped across.
+        if self.activation_checkpointing is None:
+            self.activation_checkpointing = bool(self.gradient_checkpointing)
         try:
             super().__post_init__()
         except ValueError as e:

@@ -70,15 +70,19 @@ def generate(model, processor, dataset, *, batch_size=64, max_new_tokens=16, do_
     model.eval()
     tokenizer = getattr(processor, "tokenizer", processor)
     tokenizer.padding_side = "left"
+    # A processor takes tokenizer options in `processor_kwargs` (passed loose, transformers 5.23 warns on every call).
+    padding = {"processor_kwargs": {"padding": True}} if tokenizer is not processor else {"padding": True}
     torch.manual_seed(seed)
     outputs = []
     for idx in _batches(len(dataset), batch_size):
         rows = [r if prompts is None else {**r, "prompt": prompts[i]} for i, r in zip(idx, dataset.select(idx))]
         conversations, metadata = zip(*[conversation(r) for r in rows])
         videos = {"video_metadata": [m for ms in metadata for m in ms], "do_sample_frames": False}
+        kwargs = {**padding.get("processor_kwargs", {}), **(videos if videos["video_metadata"] else {})}
         inputs = processor.apply_chat_template(list(conversations), add_generation_prompt=True, tokenize=True,
-                                               return_dict=True, padding=True, return_tensors="pt",
-                                               processor_kwargs=videos if videos["video_metadata"] else {})
+                                               return_dict=True, return_tensors="pt",
+                                               **({"processor_kwargs": kwargs} if tokenizer is not processor
+                                                  else padding))
         inputs = inputs.to(model.device)
         generated = model.generate(
             **inputs,
@@ -392,6 +396,8 @@ def failure_gallery(records: pd.DataFrame, *, max_items: int = 8, ncols: int = 4
     for media in ("images", "video"):  # a multi-image / video row shows all its images / key frames
         if media in wrong:
             frame[media] = wrong[media].tolist()
+    if "answer" in wrong:  # the parsed prediction, shown next to the ground truth
+        frame["answer"] = wrong["answer"]
     if "label" in wrong:
         frame["prompt_id"] = wrong["id"].astype(str) + " · " + wrong["label"].astype(str)
     fig = rollout_gallery(frame.reset_index(drop=True), ncols=ncols, max_items=max_items, reward_cols=["score"],

@@ -22,7 +22,7 @@ from mmr1kit.families import FAMILIES, family
 ARCHITECTURES = tuple(FAMILIES)
 SPECIAL_TOKENS = FAMILIES["qwen2_5_vl"].special_tokens  # the default tiny model's tokenizer
 
-# Size "S" of ../shared/research/learning-feasibility.md: 0.7M parameters, learns the counting task in minutes.
+# Size "S" of docs/demo.md: 0.7M parameters, learns the counting task in minutes.
 # initializer_range 0.1, not HF's 0.02: at 0.02 a tiny VLM trained from scratch ignores the image.
 DEFAULT_SIZE = dict(
     hidden_size=128,

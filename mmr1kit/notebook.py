@@ -24,6 +24,7 @@ from typing import Any
 
 import nbformat
 
+from mmr1kit import noise
 from mmr1kit.parameters import (  # noqa: F401 - check_parameters, load_preset, parameter_type: importable from here
     _display,
     check_parameters,
@@ -109,7 +110,7 @@ def render_html(executed_ipynb: str | os.PathLike, html_path: str | os.PathLike 
     # Saved widget state makes nbconvert load widget JavaScript from a CDN; without it the widgets' text/html
     # fallback renders, so the report stays readable offline.
     nb.metadata.pop("widgets", None)
-    body, _ = HTMLExporter(embed_images=True).from_notebook_node(nb, resources={"metadata": {
+    body, _ = HTMLExporter(embed_images=True, log=noise.report_log()).from_notebook_node(nb, resources={"metadata": {
         "name": executed_ipynb.stem}})
     tmp = html_path.with_name(html_path.name + ".tmp")
     tmp.write_text(body, encoding="utf-8")
@@ -175,9 +176,12 @@ def run_notebook(notebook: str | os.PathLike, *, parameters: Mapping[str, Any] |
     start, error = time.perf_counter(), None
     engine_kwargs = {"execution_timeout": execution_timeout} if execution_timeout is not None else {}
     try:
-        with _headless_kernel(), forward_interrupts() as interrupts:  # Ctrl-C goes to the kernel: it stops training
+        bar = noise.show_progress_bar(progress)
+        # Ctrl-C goes to the kernel, which stops training at the end of a step
+        with _headless_kernel(), forward_interrupts() as interrupts, noise.kernel_config() as kernel, \
+                noise.quiet_papermill(bar and log_output):
             pm.execute_notebook(str(notebook), str(output), parameters=params, kernel_name=kernel_name,
-                                cwd=str(cwd), log_output=log_output, progress_bar=progress, **engine_kwargs)
+                                cwd=str(cwd), log_output=log_output, progress_bar=bar, **engine_kwargs, **kernel)
     except Exception as exc:  # noqa: BLE001 - any failure still gets its report rendered, then is re-raised
         error = exc
     wall = time.perf_counter() - start

@@ -1,7 +1,7 @@
 """Supervised warm start (TRL's `SFTTrainer`) before GRPO, optionally on labels from a deliberately biased annotator.
 
 Why the bias: after an ordinary warm start a tiny VLM already answers its best guess, and GRPO with a verifiable
-reward has nothing to correct (research/learning-feasibility.md, finding 2). Real VLMs keep systematic errors from
+reward has nothing to correct (docs/demo.md, finding 1). Real VLMs keep systematic errors from
 imitation, undercounting many objects being a known one. The demo reproduces that structure on purpose: it
 warm-starts on an annotator that undercounts 3+ objects with probability 0.8, then GRPO on the true counts.
 """
@@ -53,7 +53,7 @@ def warm_start(
     """Fine-tune `model_path` on (prompt, image) → `<answer>label</answer>` with `SFTTrainer`; save to `out_dir`.
 
     The loss covers only the completion tokens (TRL's default for prompt-completion data). The hyperparameters
-    default to the recipe measured in research/learning-feasibility.md (AdamW, betas 0.9/0.98, constant LR after a
+    default to the recipe measured for docs/demo.md (AdamW, betas 0.9/0.98, constant LR after a
     warm-up, gradient clipping at 1).
 
     Returns:
@@ -79,7 +79,7 @@ def warm_start(
         seed=seed,
         bf16=False,
         use_cpu=not torch.cuda.is_available(),
-        gradient_checkpointing=False,
+        activation_checkpointing=False,  # the old name, gradient_checkpointing, warns in transformers 5.23
         logging_steps=max(1, max_steps // 20),
         save_strategy="no",
         report_to="none",

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
-import warnings
 
 import numpy as np
 import pandas as pd
 
+from mmr1kit.plots.rollouts import printable
 from mmr1kit.rollout_groups import (
     FLAT,
     GROUP_KEYS,
@@ -127,11 +126,6 @@ def _present(value) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
-def printable(text: str) -> str:
-    """`text` with control characters other than newline and tab written as `\\xNN` (a random policy emits them)."""
-    return "".join(ch if ch.isprintable() or ch in "\n\t" else f"\\x{ord(ch):02x}" for ch in str(text))
-
-
 def _esc(value) -> str:
     return html.escape(printable("" if value is None or (isinstance(value, float) and math.isnan(value)) else value))
 
@@ -151,6 +145,7 @@ def figure_png(view: dict, *, image_root=None, dpi: int = 72, ncols: int = 4) ->
     and the first predicted box of each completion are drawn. Returns PNG bytes, or `None` without an image.
     """
     from mmr1kit.plots import rollout_gallery
+    from mmr1kit.plots.figure import png_bytes
     from mmr1kit.plots.media import row_picture
     from mmr1kit.rewards.parsing import to_pixels
 
@@ -170,11 +165,7 @@ def figure_png(view: dict, *, image_root=None, dpi: int = 72, ncols: int = 4) ->
     rows["completion"] = [f"#{i}: {printable(t)}" for i, t in enumerate(comp["completion"])]
     fig = rollout_gallery(rows, image_root=image_root, ncols=min(ncols, max(len(rows), 1)), max_items=len(rows),
                           reward_cols=[], max_chars=60)
-    buf = io.BytesIO()
-    with warnings.catch_warnings():  # a random policy writes characters no installed font has
-        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
-        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    return buf.getvalue()
+    return png_bytes(fig, dpi)  # a random policy writes characters no installed font has: no warning per glyph
 
 
 def view_html(view: dict, *, image_root=None, figure: bool = True, dpi: int = 72) -> str:

@@ -4,17 +4,25 @@ Each run is a real `MMR1Trainer` run of the tiny Qwen2.5-VL on synthetic groundi
 on one CPU thread). `tiny_sweep` lays six points out exactly as `mmr1kit.notebook.sweep` does (one folder per grid
 point, `sweep.json` written from the same `SweepPoint` records), without paying for a kernel per point.
 
-Import the fixtures into a test module (`from runs_fixture import tiny_run, tiny_sweep`); they build on
-`qwen_path` from `tests/conftest.py`.
+`smoke_project` is a fresh copy of the project's notebooks in which notebook 01 ran through `mmr1kit run` with its
+defaults, as a new user would start (its console kept): the notebook tests, the report tests and the browser test all
+read that one run.
+
+Import the fixtures into a test module (`pytest_plugins = ["runs_fixture"]`); they build on `qwen_path` from
+`tests/conftest.py`.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict
+import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
+from helpers_cli import CliRun, mmr1kit_run
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def length_reward(completions, id, **kwargs):
@@ -89,3 +97,25 @@ def tiny_sweep(qwen_path, grounding_dir, tmp_path_factory) -> Path:
             points.append((values, run_dir, "succeeded"))
     write_sweep(sweep_dir, points, grid)
     return sweep_dir
+
+
+@dataclass
+class SmokeProject:
+    """A copy of the project (notebooks, the default data card) where notebook 01 ran with its defaults."""
+
+    root: Path
+    run_dir: Path  # runs/smoke, notebook 01's own default
+    train: CliRun  # the console of that run
+
+
+@pytest.fixture(scope="session")
+def smoke_project(tmp_path_factory) -> SmokeProject:
+    """`mmr1kit run notebooks/01_train_grpo.ipynb` in a fresh copy of the project, nothing else given."""
+    root = tmp_path_factory.mktemp("project")
+    (root / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())  # marks the project root
+    shutil.copytree(ROOT / "notebooks", root / "notebooks")
+    (root / "data_cards").mkdir()
+    shutil.copy(ROOT / "data_cards" / "synthetic_counting.md", root / "data_cards")
+    train = mmr1kit_run(root, "notebooks/01_train_grpo.ipynb")
+    assert train.returncode == 0, train.stderr[-3000:]
+    return SmokeProject(root, root / "runs" / "smoke", train)

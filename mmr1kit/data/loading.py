@@ -13,6 +13,8 @@ decoded lazily by `datasets.Image` when TRL asks for the row.
 import hashlib
 import json
 import random
+import re
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -75,7 +77,31 @@ def _card_files(card: Path, split: str) -> Path:
             write_dataset(params.pop("task"), root, n=n, seed=seed, split=split, **params)
         return target
     root = Path(spec.get("data_dir", card.parent)).expanduser()
+    if not (root / data_files[split]).exists():
+        raise _not_downloaded(card, root, data_files, split)
     return root / data_files[split]
+
+
+def _not_downloaded(card: Path, root: Path, data_files: dict, split: str) -> DatasetError:
+    """The error for a card whose files are not there: which files, and the card's recipe for making them."""
+    missing = [str(root / f) for f in data_files.values() if not (root / f).exists()]
+    recipe = card_recipe(card)
+    where = "" if root.is_absolute() else f" (relative to {Path.cwd()})"
+    how = (f"make them with the recipe of the card (its 'Preprocessing' section):\n{textwrap.indent(recipe, '    ')}"
+           if recipe else
+           f"the card's 'Preprocessing' section says how to make them (converter: "
+           f"{(read_card(card).get('mmr1kit') or {}).get('converter', 'not named')})")
+    return DatasetError(card, None, "data_files", str(root / data_files[split]),
+                        f"split {split!r} is not downloaded; {len(missing)} of the card's {len(data_files)} files "
+                        f"are missing ({', '.join(missing)}){where}; {how}")
+
+
+def card_recipe(card) -> str | None:
+    """The first fenced code block of a data card's '## Preprocessing' section (how its files are made), if any."""
+    text = Path(card).read_text()
+    match = re.search(r"^## Preprocessing\s*$(.*?)(?=^## |\Z)", text, flags=re.MULTILINE | re.DOTALL)
+    block = re.search(r"^```[\w-]*\n(.*?)^```", match.group(1), flags=re.MULTILINE | re.DOTALL) if match else None
+    return block.group(1).rstrip() if block else None
 
 
 GENERATORS = ("mmr1kit.data.synthetic.write_dataset",)

@@ -361,7 +361,7 @@ def undercount_labels(rows: Sequence[dict], *, threshold: int = 3, p: float = 0.
     """Labels from a deliberately biased annotator: for true counts >= `threshold`, `count - 1` with probability `p`.
 
     The demo warm-starts (SFT) on these labels so that GRPO on the true counts has a systematic error to correct
-    (`research/learning-feasibility.md`, addendum). Rows keep their true `solution`; this returns new strings.
+    (`docs/demo.md`, finding 2). Rows keep their true `solution`; this returns new strings.
     """
     rng = random.Random(f"mmr1kit:undercount:{seed}")
     out = []

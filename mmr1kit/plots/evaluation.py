@@ -6,7 +6,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from mmr1kit.plots.figure import _Figure, _finish, _fmt_group, _is_number, _not_logged
+from mmr1kit.plots.figure import _finish, _Figure, _fmt_group, _is_number, _not_logged
+from mmr1kit.plots.labels import metric_info
+
+GROUP_LABELS = {"count": "true count", "label": "class", "task": "task", "difficulty": "difficulty"}
 
 
 def plot_accuracy_by_group(
@@ -80,14 +83,18 @@ def plot_accuracy_by_group(
                     color="0.5",
                 )
     ax.set_xticks(centers, [_fmt_group(g) for g in groups])
-    ax.set_xlabel(group)
-    ax.set_ylabel("accuracy")
+    ax.set_xlabel(GROUP_LABELS.get(group, group.replace("_", " ")))
+    ax.set_ylabel("accuracy (fraction correct)")
     ax.set_ylim(0, 1.15)
+    ax.set_yticks(np.linspace(0, 1, 6))
     if labels:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:
         _not_logged(ax, "no rows")
-    return _finish(fig, title)
+    if title is None:
+        title = f"Accuracy by {GROUP_LABELS.get(group, group.replace('_', ' '))}"
+    ax.set_title(title, fontsize="medium")
+    return fig
 
 
 def plot_sweep(
@@ -123,11 +130,13 @@ def plot_sweep(
     df = df[np.isfinite(df["_y"].to_numpy(dtype=float, na_value=np.nan)) & df[param].notna()]
     fig = _Figure(figsize=(5.5, 3.6), layout="constrained")
     ax = fig.subplots()
-    ax.set_xlabel(param)
-    ax.set_ylabel(metric)
+    info = metric_info(metric)
+    ax.set_xlabel(param)  # the config field that was swept, as the researcher set it
+    ax.set_ylabel(info.ylabel)
+    ax.set_title(title or f"{info.title} by {param}", fontsize="medium")
     if df.empty:
         _not_logged(ax, f"no finite {metric}")
-        return _finish(fig, title)
+        return fig
     numeric = all(_is_number(v) and not isinstance(v, (str, bool)) for v in df[param])
     values = sorted(df[param].unique(), key=float) if numeric else list(dict.fromkeys(df[param]))
     pos = {v: (float(v) if numeric else float(i)) for i, v in enumerate(values)}
@@ -163,7 +172,7 @@ def plot_sweep(
     if not numeric:
         ax.set_xticks([pos[v] for v in values], [str(v) for v in values])
     ax.legend(fontsize="small")
-    return _finish(fig, title)
+    return fig
 
 
 def _row_label(key) -> str:
