@@ -50,15 +50,17 @@ test-vllm: $(VLLM_STAMP)
 # installs mmr1kit from the folder into .venv-gpu (which sees the node's own packages) and writes
 # runs/gpu_check/gpu_check.json: a few GRPO steps of a Qwen2.5-VL-3B-shaped model (random weights, no hub), with
 # HF generate and, where vLLM is installed, vLLM colocate (sized for about 8 min on one H100-class GPU).
+# GPU_CHECK_ARGS="--size tiny" runs it on a CPU; PYTHON=... names the node's interpreter with its CUDA torch.
 WHEELHOUSE ?= wheelhouse
 GPU_VENV ?= .venv-gpu
+GPU_CHECK_ARGS ?=
 wheelhouse:
 	$(PYTHON) -m benchmarks.wheelhouse make $(WHEELHOUSE)
 
 gpu-check:
 	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv --system-site-packages $(GPU_VENV)
 	$(PYTHON) -m benchmarks.wheelhouse install $(WHEELHOUSE) --python $(GPU_VENV)/bin/python
-	$(GPU_VENV)/bin/python -m benchmarks.gpu_check --out runs/gpu_check/gpu_check.json
+	$(GPU_VENV)/bin/python -m benchmarks.gpu_check --out runs/gpu_check/gpu_check.json $(GPU_CHECK_ARGS)
 
 # Every benchmark, each in a fresh process, then the results table of benchmarks/README.md (about 10 min).
 bench: $(STAMP)

@@ -5,10 +5,10 @@ own explanation and what to do, never a traceback from here.
     python -m benchmarks.wheelhouse make wheelhouse          # a connected machine with the node's Python and platform
     python -m benchmarks.wheelhouse install wheelhouse --python .venv-gpu/bin/python   # the node: no package index
 
-The folder holds every wheel that `mmr1kit[lora]` needs with the GPU set (constraints-gpu.txt), except the CUDA stack
-(torch, triton, nvidia-*, cuda-*): the node brings its own CUDA torch, built for its driver, and gigabytes of CUDA
-wheels would be wasted. transformers is in the folder, and pip takes it only where the node's own is outside
-mmr1kit's range. vLLM and DeepSpeed are not: the GPU check uses vLLM when the node has it.
+The folder holds mmr1kit's wheel and every wheel that `mmr1kit[lora]` needs with the GPU set (constraints-gpu.txt),
+except the CUDA stack (torch, triton, nvidia-*, cuda-*): the node brings its own CUDA torch, built for its driver, and
+gigabytes of CUDA wheels would be wasted. transformers is in the folder, and pip takes it only where the node's own is
+outside mmr1kit's range. vLLM and DeepSpeed are not: the GPU check uses vLLM when the node has it.
 
 Standard library only: on the offline node this runs before any of mmr1kit's dependencies is installed.
 """
@@ -65,7 +65,7 @@ def index_url() -> str:
     if os.environ.get("PIP_INDEX_URL"):
         return os.environ["PIP_INDEX_URL"].split()[0]
     listed = pip(["config", "list"]).stdout
-    found = re.search(r"^(?:\S+\.)?index-url='([^']+)'", listed, flags=re.M)  # not extra-index-url
+    found = re.search(r"^(?:\S+\.)?index-url='([^']+)'", listed, flags=re.MULTILINE)  # not extra-index-url
     return found.group(1) if found else "https://pypi.org/simple"
 
 
@@ -128,14 +128,14 @@ def make(folder: Path, constraints: Path = GPU_CONSTRAINTS, extras: str = "lora"
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    report = resolve(["-c", str(constraints), "-e", f".[{extras}]", "setuptools>=68"], folder / "resolution.json",
+    report = resolve(["-c", str(constraints), f".[{extras}]"], folder / "resolution.json",
                      f"mmr1kit[{extras}] with {constraints.name}",
                      f"Fix the pins in {constraints.name} first (tests/test_environment.py asks the same question).")
     versions = resolved_versions(report)
-    versions.pop("mmr1kit", None)  # installed from the source tree, editable
+    versions.pop("mmr1kit", None)
     left_out = sorted(name for name in versions if CUDA_STACK.match(name))
     wanted = [f"{name}=={version}" for name, version in sorted(versions.items()) if name not in left_out]
-    out = pip(["wheel", "--no-deps", "--wheel-dir", str(folder), *wanted], env=INDEX_ONLY)
+    out = pip(["wheel", "--no-deps", "--wheel-dir", str(folder), str(ROOT), *wanted], env=INDEX_ONLY)
     if out.returncode != 0:
         raise PipError(f"pip could not fetch or build every wheel into {folder}:\n\n{pip_says(out.stdout)}")
     info = {**target(), "constraints": constraints.name, "extras": extras,
@@ -146,9 +146,12 @@ def make(folder: Path, constraints: Path = GPU_CONSTRAINTS, extras: str = "lora"
 
 
 def install(folder: Path, python: str, extras: str = "lora") -> str:
-    """Install mmr1kit (editable, from this checkout) and its missing dependencies into `python`'s environment from
-    `folder` only (`--no-index`). What the environment already has and mmr1kit accepts (the node's CUDA torch, its
-    transformers when inside mmr1kit's range) stays. Returns pip's output; raises `PipError` naming what is missing.
+    """Install mmr1kit and its missing dependencies into `python`'s environment from `folder` only (`--no-index`).
+
+    What the environment already has and mmr1kit accepts (the node's CUDA torch, its transformers when inside
+    mmr1kit's range) stays. mmr1kit itself is the wheel made with the folder, reinstalled every time (its version
+    number does not change between commits); run from the checkout, `python -m benchmarks.gpu_check` imports the
+    checkout's code anyway. Returns pip's output; raises `PipError` naming what is missing.
     """
     folder = Path(folder)
     info_path = folder / INFO
@@ -156,28 +159,32 @@ def install(folder: Path, python: str, extras: str = "lora") -> str:
         raise PipError(f"{folder}: not a wheel folder made by `make wheelhouse` (no {INFO} in it). Make it on a "
                        f"connected machine with the node's Python version and copy it here.")
     info = json.loads(info_path.read_text())
-    here = json.loads(subprocess.run([python, "-c", "import json, sys, sysconfig; print(json.dumps({'python': "
-                                      "f'{sys.version_info[0]}.{sys.version_info[1]}', 'platform': "
-                                      "sysconfig.get_platform()}))"], capture_output=True, text=True,
-                                     check=True).stdout)
+    ask = "import json, sys, sysconfig; print(json.dumps({'python': '%d.%d' % sys.version_info[:2], 'platform': " \
+          "sysconfig.get_platform()}))"
+    here = json.loads(subprocess.run([python, "-c", ask], capture_output=True, text=True, check=True).stdout)
     if (info["python"], info["platform"]) != (here["python"], here["platform"]):
         raise PipError(f"{folder} was made for Python {info['python']} on {info['platform']}; {python} is Python "
                        f"{here['python']} on {here['platform']}: make the folder with that Python "
                        f"(`make wheelhouse PYTHON=python{here['python']}`).")
-    out = pip(["install", "--no-index", "--find-links", str(folder), "-e", f"{ROOT}[{extras}]"], python=python)
+    out = pip(["install", "--no-index", "--find-links", str(folder), f"mmr1kit[{extras}]"], python=python)
     if out.returncode == 0:
-        return out.stdout
+        again = pip(["install", "--no-index", "--find-links", str(folder), "--force-reinstall", "--no-deps",
+                     "mmr1kit"], python=python)
+        if again.returncode == 0:
+            return out.stdout + again.stdout
+        out = again
     names = missing_packages(out.stdout)
     if not names:  # a conflict, or anything else pip refuses: pip's words are the explanation
         raise PipError(f"pip cannot install mmr1kit from {folder} into {python}'s environment:\n\n"
                        f"{pip_says(out.stdout)}")
     cuda = [n for n in names if CUDA_STACK.match(_normalise(re.split(r"[<>=!~;\[ ]", n)[0]))]
-    hint = (f"{', '.join(cuda)} is left out of the wheel folder on purpose (the CUDA stack): install the node's own "
-            f"CUDA build first, in a version mmr1kit accepts. " if cuda else "")
+    what_to_do = (f"{', '.join(cuda)} is left out of the wheel folder on purpose (the CUDA stack): install the "
+                  f"node's own CUDA build first, in a version mmr1kit accepts." if cuda else
+                  "Make the folder again on a connected machine (`make wheelhouse`): it holds every dependency but "
+                  "the CUDA stack.")
     raise PipError(f"missing on this node: {', '.join(names)}: not in the wheel folder {folder} (made for "
                    f"{info['constraints']}, {len(info['packages'])} packages) and not installed in {python}'s "
-                   f"environment. {hint}Otherwise make the folder again on a connected machine "
-                   f"(`make wheelhouse`).\n\npip said:\n{pip_says(out.stdout)}")
+                   f"environment. {what_to_do}\n\npip said:\n{pip_says(out.stdout)}")
 
 
 def main(argv=None) -> int:

@@ -15,7 +15,7 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `benchmarks` is a folder of the repo, not installed
-from benchmarks import wheelhouse  # noqa: E402
+from benchmarks import wheelhouse
 
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 EXTRAS = ("vllm", "deepspeed", "lora")
@@ -66,7 +66,8 @@ def test_each_tested_set_lies_inside_pyproject_ranges(file, extras):
     checked = 0
     for requirement in _requirements(extras):
         if requirement.name in pins:
-            assert requirement.specifier.contains(pins[requirement.name]), f"{file}: {requirement.name}=={pins[requirement.name]} is outside pyproject.toml's {requirement}"
+            pin = pins[requirement.name]
+            assert requirement.specifier.contains(pin), f"{file}: {requirement.name}=={pin} is outside {requirement}"
             checked += 1
     assert checked >= 6  # torch, torchvision, transformers, trl, accelerate, datasets (+ the extras)
 
@@ -77,7 +78,7 @@ def test_the_two_sets_span_the_transformers_range():
     lower = min(Version(s.version) for s in spec if s.operator == ">=")
     upper = min(Version(s.version) for s in spec if s.operator == "<")
     assert Version(gpu["transformers"]).release[:2] == lower.release[:2]  # the range starts at the GPU set ...
-    assert Version(cpu["transformers"]).release[:2] == (upper.release[0], upper.release[1] - 1)  # ... ends at the CPU's
+    assert Version(cpu["transformers"]).release[:2] == (upper.release[0], upper.release[1] - 1)  # ... ends at CPU's
     assert cpu["trl"] == gpu["trl"]  # one TRL: its private methods are overridden
 
 
