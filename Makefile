@@ -58,7 +58,7 @@ wheelhouse:
 	$(PYTHON) -m benchmarks.wheelhouse make $(WHEELHOUSE)
 
 gpu-check:
-	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv --system-site-packages $(GPU_VENV)
+	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m benchmarks.wheelhouse venv $(GPU_VENV)
 	$(PYTHON) -m benchmarks.wheelhouse install $(WHEELHOUSE) --python $(GPU_VENV)/bin/python
 	$(GPU_VENV)/bin/python -m benchmarks.gpu_check --out runs/gpu_check/gpu_check.json $(GPU_CHECK_ARGS)
 

@@ -91,7 +91,7 @@ def build_model(folder: Path, size: str, device) -> dict:
     3B architecture with random weights in its place. The processor's pixel bounds are the run's, so vLLM sizes the
     images as the trainer does. Returns what was built."""
     import torch
-    from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoConfig, AutoProcessor, GenerationConfig, Qwen2_5_VLForConditionalGeneration
 
     from mmr1kit.models import build_tiny_vlm
 
@@ -107,7 +107,7 @@ def build_model(folder: Path, size: str, device) -> dict:
         torch.manual_seed(0)
         with torch.device(device):  # initialised where it runs: seconds on a GPU instead of minutes on the CPU
             model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=getattr(torch, spec["dtype"]))
-        model.generation_config = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder).generation_config
+        model.generation_config = GenerationConfig.from_pretrained(folder)  # the tiny model's end tokens
         for stale in folder.glob("model*.safetensors*"):
             stale.unlink()
         model.save_pretrained(folder)

@@ -3,6 +3,7 @@ offline GPU node (`make wheelhouse`) and the install from it (`make gpu-check`).
 own explanation and what to do, never a traceback from here.
 
     python -m benchmarks.wheelhouse make wheelhouse          # a connected machine with the node's Python and platform
+    python -m benchmarks.wheelhouse venv .venv-gpu           # the node: an environment that sees the node's packages
     python -m benchmarks.wheelhouse install wheelhouse --python .venv-gpu/bin/python   # the node: no package index
 
 The folder holds mmr1kit's wheel and every wheel that `mmr1kit[lora]` needs with the GPU set (constraints-gpu.txt),
@@ -145,6 +146,26 @@ def make(folder: Path, constraints: Path = GPU_CONSTRAINTS, extras: str = "lora"
     return info
 
 
+def node_venv(folder: Path) -> str:
+    """Create a virtual environment for the check that sees this interpreter's packages (the node's CUDA torch,
+    transformers, vLLM) behind its own, and return its python. What pip installs into it from the wheel folder wins;
+    the node's own environment is left as it was.
+
+    The node's site-packages folders go into a `.pth` file: `venv --system-site-packages` would show the *base*
+    interpreter's packages instead when this interpreter is itself a virtual environment.
+    """
+    import venv
+
+    folder = Path(folder)
+    venv.create(folder, with_pip=True)
+    python = str(folder / "bin" / "python")
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    sites = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()]
+    (Path(purelib) / "node_site_packages.pth").write_text("".join(f"{p}\n" for p in sites))
+    return python
+
+
 def install(folder: Path, python: str, extras: str = "lora") -> str:
     """Install mmr1kit and its missing dependencies into `python`'s environment from `folder` only (`--no-index`).
 
@@ -194,12 +215,16 @@ def main(argv=None) -> int:
     made = sub.add_parser("make", help="fill a wheel folder (needs the package index)")
     made.add_argument("folder", type=Path)
     made.add_argument("--constraints", type=Path, default=GPU_CONSTRAINTS)
+    env = sub.add_parser("venv", help="a virtual environment that sees this interpreter's packages behind its own")
+    env.add_argument("folder", type=Path)
     put = sub.add_parser("install", help="install mmr1kit from a wheel folder, without a package index")
     put.add_argument("folder", type=Path)
     put.add_argument("--python", default=sys.executable, help="the interpreter whose environment gets mmr1kit")
     args = parser.parse_args(argv)
     try:
-        if args.command == "make":
+        if args.command == "venv":
+            print(f"{node_venv(args.folder)}: sees {sys.executable}'s packages")
+        elif args.command == "make":
             info = make(args.folder, args.constraints)
             print(f"{args.folder}: {len(info['packages'])} packages for Python {info['python']} on "
                   f"{info['platform']} in {info['made_s']} s (left out: {', '.join(info['left_out'])})")
