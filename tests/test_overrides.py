@@ -14,9 +14,10 @@ from trl.trainer.utils import RepeatSampler
 from mmr1kit.trainer import MMR1Trainer
 
 EMPTY = inspect.Parameter.empty
-# The signature of every base method MMR1Trainer overrides: (name, default) per parameter after `self`. The
-# overrides pass these on (by position or by keyword), and mmr1kit.scale calls `_get_per_token_logps_and_entropies`
-# with the multimodal keywords.
+# The signature in TRL / transformers of every method that MMR1Trainer or a mixin of mmr1kit's overrides: (name,
+# default) per parameter after `self`. The overrides pass these on (by position or by keyword), and mmr1kit.scale
+# calls `_get_per_token_logps_and_entropies` with the multimodal keywords. `_tokenize_prompts` and `compute_loss`:
+# overridden by mmr1kit's video mixin.
 OVERRIDDEN = {
     "_load_from_checkpoint": [("resume_from_checkpoint", EMPTY), ("model", None)],
     "train": [("resume_from_checkpoint", None), ("trial", None), ("ignore_keys_for_eval", None)],
@@ -34,25 +35,29 @@ OVERRIDDEN = {
         ("num_tiles", None), ("image_sizes", None), ("token_type_ids", None), ("mm_token_type_ids", None),
         ("image_position_ids", None)],
     "_compute_loss": [("model", EMPTY), ("inputs", EMPTY)],
+    "compute_loss": [("model", EMPTY), ("inputs", EMPTY), ("return_outputs", False), ("num_items_in_batch", None)],
     "_generate_and_score_completions": [("inputs", EMPTY)],
+    "_tokenize_prompts": [("prompts", EMPTY)],
 }
+OURS = [k for k in MMR1Trainer.__mro__ if k.__module__.startswith("mmr1kit")]  # MMR1Trainer and its mixins
 
 
 def _base(name):
-    return next((k for k in MMR1Trainer.__mro__[1:] if name in k.__dict__), None)
+    """The first class outside mmr1kit (TRL's GRPOTrainer, transformers' Trainer, ...) that defines `name`."""
+    return next((k for k in MMR1Trainer.__mro__ if k not in OURS and name in k.__dict__), None)
 
 
 def test_every_override_is_listed_here():
     """A new override must be added to OVERRIDDEN, so that its base is watched too."""
-    overrides = {n for n, v in MMR1Trainer.__dict__.items()
+    overrides = {n for k in OURS for n, v in k.__dict__.items()
                  if inspect.isfunction(v) and not n.startswith("__") and _base(n) is not None}
-    assert overrides == set(OVERRIDDEN)
+    assert overrides - set(OVERRIDDEN) == set()
 
 
 @pytest.mark.parametrize("name", sorted(OVERRIDDEN))
 def test_overridden_base_method_keeps_its_signature(name):
     base = _base(name)
-    assert base is not None, f"{name} is no longer defined by GRPOTrainer or Trainer: MMR1Trainer's override is dead"
+    assert base is not None, f"{name} is no longer defined by GRPOTrainer or Trainer: mmr1kit's override is dead"
     parameters = list(inspect.signature(base.__dict__[name]).parameters.values())[1:]
     assert [(p.name, p.default) for p in parameters] == OVERRIDDEN[name], f"{base.__module__}.{base.__name__}.{name}"
 
