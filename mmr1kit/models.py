@@ -9,6 +9,7 @@ Two architectures are built: `"qwen2_5_vl"` (the default policy, as in MMR1's Qw
 (MMR1's quick start trained LLaVA-1.5), used by the tests to show that one code path serves both.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -299,6 +300,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MMR1KIT_CACHE", Path.home() / ".cache" / "mmr1kit"))
 
 
+@contextlib.contextmanager
+def cache_lock(entry):
+    """Hold an exclusive lock on `<entry>.lock` while building a cache entry: processes that start at once (the
+    points of a sweep, the tasks of a Slurm array) build it once; the others wait, then find it built.
+    (The standard library's `fcntl.flock`: a lock on a file that is released when its holder exits or dies.)"""
+    import fcntl
+
+    path = Path(f"{entry}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def tiny_vlm(seed: int = 0, arch: str = "qwen2_5_vl", **size) -> Path:
     """Return the path of a tiny model with these parameters, building it once and reusing it afterwards.
 
@@ -308,7 +323,9 @@ def tiny_vlm(seed: int = 0, arch: str = "qwen2_5_vl", **size) -> Path:
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     path = cache_dir() / "models" / f"tiny-{arch}-{key}"
     if not (path / "config.json").exists():
-        build_tiny_vlm(path, seed=seed, arch=arch, **size)
+        with cache_lock(path):
+            if not (path / "config.json").exists():
+                build_tiny_vlm(path, seed=seed, arch=arch, **size)
     return path
 
 
