@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(swp, notebook_nargs="?")
     swp.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
                      help="values of one parameter (repeatable; the sweep runs every combination)")
-    swp.add_argument("--jobs", type=int, help="points run at once (default: 1; with --submit slurm: no limit)")
+    swp.add_argument("--jobs", type=int, help="points run at once (default: 1; with --gpus-per-job: as many as the "
+                     "GPUs allow; with --submit slurm: no limit)")
     swp.add_argument("--sweep-dir", type=Path, help="sweep folder (default: runs/<notebook>-sweep-<YYYYmmdd-HHMMSS>)")
     swp.add_argument("--no-compare", action="store_true", help="skip the comparison report (notebook 05)")
     swp.add_argument("--gpus-per-job", type=int, metavar="K", help="each running point gets its own K GPUs "
@@ -127,8 +128,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.submit:
         return _cmd_sweep_slurm(args, grid)
     result = sweeps.sweep(args.notebook, grid, parameters=dict(args.parameter), sweep_dir=args.sweep_dir,
-                          jobs=args.jobs or 1, preset=args.preset, kernel_name=args.kernel, cwd=args.cwd,
-                          gpus_per_job=args.gpus_per_job)
+                          jobs=args.jobs or (None if args.gpus_per_job else 1), preset=args.preset,
+                          kernel_name=args.kernel, cwd=args.cwd, gpus_per_job=args.gpus_per_job)
     width = max(len(p.name) for p in result.points)
     print(f"{'point':<{width}}  {'status':<9}  {'time_s':>7}  error")
     for p in result.points:

@@ -102,9 +102,9 @@ def visible_gpus() -> list[str]:
     return [line.strip() for line in done.stdout.splitlines() if line.strip()] if done.returncode == 0 else []
 
 
-def gpu_groups(gpus_per_job: int, jobs: int) -> list[str]:
+def gpu_groups(gpus_per_job: int, jobs: int | None = None) -> list[str]:
     """`CUDA_VISIBLE_DEVICES` values for the points that run at once: `min(jobs, GPUs // gpus_per_job)` disjoint
-    groups of `gpus_per_job` visible GPUs each.
+    groups of `gpus_per_job` visible GPUs each (`jobs=None`: as many as the GPUs allow).
 
     Raises:
         `ValueError`: `gpus_per_job < 1`, or fewer visible GPUs than `gpus_per_job` (on a CPU machine: none).
@@ -120,8 +120,8 @@ def gpu_groups(gpus_per_job: int, jobs: int) -> list[str]:
                     else "no nvidia-smi, CUDA_VISIBLE_DEVICES unset")
         raise ValueError(f"--gpus-per-job {gpus_per_job}: this machine shows {len(gpus)} GPU(s) ({seen}); "
                          f"drop --gpus-per-job to run on CPUs, or submit to a GPU cluster with --submit slurm")
-    count = min(jobs, len(gpus) // gpus_per_job)
-    if count < jobs:
+    count = min(jobs or len(gpus), len(gpus) // gpus_per_job)
+    if jobs is not None and count < jobs:
         logger.info("--jobs %d with %d GPU(s) per job on %d GPU(s): %d point(s) run at once", jobs, gpus_per_job,
                     len(gpus), count)
     return [",".join(gpus[i * gpus_per_job:(i + 1) * gpus_per_job]) for i in range(count)]
@@ -233,7 +233,7 @@ def plan_sweep(notebook: str | os.PathLike, grid: Mapping[str, list], *,
 
 
 def sweep(notebook: str | os.PathLike, grid: Mapping[str, list], *, parameters: Mapping[str, Any] | None = None,
-          sweep_dir: str | os.PathLike | None = None, jobs: int = 1,
+          sweep_dir: str | os.PathLike | None = None, jobs: int | None = 1,
           preset: str | os.PathLike | Mapping[str, Any] | None = None, kernel_name: str = "python3",
           cwd: str | os.PathLike | None = None, log_output: bool = False, progress: bool | None = None,
           gpus_per_job: int | None = None) -> SweepResult:
@@ -246,7 +246,8 @@ def sweep(notebook: str | os.PathLike, grid: Mapping[str, list], *, parameters: 
             or set `run_dir`).
         sweep_dir (`str` or `os.PathLike`, *optional*): defaults to `runs/<stem>-sweep-<YYYYmmdd-HHMMSS>`. Point
             `k1=v1,k2=v2` runs in `<sweep_dir>/k1=v1,k2=v2` (characters outside `[A-Za-z0-9._=,+-]` become `_`).
-        jobs (`int`, *optional*, defaults to 1): points run at once (a process pool when > 1).
+        jobs (`int`, *optional*, defaults to 1): points run at once (a process pool when > 1); None with
+            `gpus_per_job`: as many as the GPUs allow.
         preset, kernel_name, cwd, log_output: as in `run_notebook`.
         progress (`bool`, *optional*): papermill progress bars; defaults to `jobs == 1`.
         gpus_per_job (`int`, *optional*): give each running point its own `gpus_per_job` GPUs
@@ -260,7 +261,7 @@ def sweep(notebook: str | os.PathLike, grid: Mapping[str, list], *, parameters: 
             runs). A failing point is recorded with `status="failed"` and its error; the others still run.
     """
     groups = gpu_groups(gpus_per_job, jobs) if gpus_per_job is not None else None
-    jobs = len(groups) if groups is not None else jobs
+    jobs = len(groups) if groups is not None else jobs or 1
     result = plan_sweep(notebook, grid, parameters=parameters, sweep_dir=sweep_dir, preset=preset, cwd=cwd,
                         jobs=jobs, gpus_per_job=gpus_per_job)
     points = result.points

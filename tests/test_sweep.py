@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mmr1kit.cli import main
-from mmr1kit.sweep import gpu_groups, sweep, visible_gpus
+from mmr1kit.sweep import gpu_groups, visible_gpus
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ["-p", "warmstart_steps", "2", "-p", "max_steps", "2", "-p", "eval_size", "4", "-p", "train_sample_size",
@@ -47,6 +47,7 @@ GPU_NB = ROOT / "tests" / "fixtures" / "notebooks" / "gpu_env.ipynb"
 
 @pytest.mark.parametrize("visible, per_job, jobs, groups", [
     ("0,1,2,3", 2, 8, ["0,1", "2,3"]),  # never more jobs than GPUs / K
+    ("0,1,2,3", 1, None, ["0", "1", "2", "3"]),  # no --jobs: as many as the GPUs allow
     ("0,1,2,3", 1, 3, ["0", "1", "2"]),
     ("3,5,6", 2, 2, ["3,5"]),  # the GPUs this process was given, by their names
     ("GPU-aa,GPU-bb", 1, 2, ["GPU-aa", "GPU-bb"]),  # UUIDs
@@ -77,16 +78,24 @@ def test_gpus_per_job_on_this_cpu_machine_is_one_line(monkeypatch, tmp_path, cap
 
 
 @pytest.mark.slow
-def test_gpus_per_job_gives_each_running_point_its_own_gpus(monkeypatch, tmp_path):
+def test_gpus_per_job_gives_each_running_point_its_own_gpus(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")  # four GPUs for this sweep
-    result = sweep(GPU_NB, {"x": [0, 1, 2, 3]}, parameters={"hold_s": 2.0}, sweep_dir=tmp_path / "g", jobs=8,
-                   gpus_per_job=2)
+    code = main(["sweep", str(GPU_NB), "--grid", "x=0,1,2,3", "-p", "hold_s", "1", "--jobs", "8", "--gpus-per-job", "2",
+                 "--no-compare", "--sweep-dir", str(tmp_path / "g")])
+    assert code == 0, capsys.readouterr()
     record = json.loads((tmp_path / "g" / "sweep.json").read_text())
     assert (record["jobs"], record["gpus_per_job"]) == (2, 2)  # 4 GPUs / 2 per job: 2 at a time, not 8
-    assert [p["status"] for p in record["points"]] == ["succeeded"] * 4, [p.error for p in result.points]
+    assert [p["status"] for p in record["points"]] == ["succeeded"] * 4
     seen = [json.loads((Path(p["run_dir"]) / "summary.json").read_text()) for p in record["points"]]
     assert [s["gpus"] for s in seen] == [p["gpus"] for p in record["points"]]  # what the kernel saw, recorded
     assert {s["gpus"] for s in seen} == {"0,1", "2,3"}
     for a, b in itertools.combinations(seen, 2):
         if a["start"] < b["end"] and b["start"] < a["end"]:  # ran at the same time: never the same GPUs
             assert a["gpus"] != b["gpus"]
+
+    capsys.readouterr()  # --status on a sweep that ran here: what sweep.json recorded; --resume is for Slurm sweeps
+    assert main(["sweep", "--status", str(tmp_path / "g")]) == 0
+    assert [line.split()[:3] for line in capsys.readouterr().out.splitlines()[1:5]] == [
+        [f"x={x}", "succeeded", "-"] for x in range(4)]
+    assert main(["sweep", "--resume", str(tmp_path / "g")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'g'} ran on this machine, not through --submit slurm")
