@@ -1,8 +1,10 @@
-"""`mmr1kit sweep --submit slurm / --status / --resume` against a real one-node Slurm (`tests/slurm_cluster.py`).
+"""`mmr1kit sweep --submit slurm / --status / --resume` (`mmr1kit.slurm_sweep`) against a real one-node Slurm
+(`tests/slurm_cluster.py`).
 
 The big test submits a 2 x 2 sweep of notebook 01 at smoke size, cancels one point's task after its first checkpoint,
 lets the report job report it, resumes it with `--resume` and checks the four run folders and the comparison report
-from the raw files. The others: a failing point, bad input (no sbatch, an unknown partition), the helpers.
+from the raw files. The others: a failing point (reported, resubmitted, its run moved aside), bad input (no sbatch,
+an unknown partition).
 """
 
 import json
@@ -14,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from mmr1kit import slurm
 
 pytest_plugins = ["slurm_cluster"]
 
@@ -36,14 +37,6 @@ def submitted(done) -> tuple[str, str]:
     line = next(x for x in done.stdout.splitlines() if x.startswith("submitted: "))
     words = line.split()
     return words[words.index("array") + 1], words[words.index("report") + 2]
-
-
-def test_ranges_and_task_ids_round_trip():
-    assert slurm._ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
-    assert slurm._ranges([3]) == "3"
-    assert slurm._task_ids("[0-2,5,7-8%2]") == [0, 1, 2, 5, 7, 8]
-    assert slurm._task_ids("4") == [4]
-    assert slurm._task_ids("[0-6:3]") == [0, 3, 6]
 
 
 def test_no_sbatch_on_the_path_is_one_line_and_writes_nothing(tmp_path):
@@ -68,27 +61,48 @@ def test_unknown_partition_is_refused_before_anything_is_written(slurm_cluster, 
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_a_failing_point_is_recorded_and_reported(slurm_cluster, tmp_path):
+def test_a_failing_point_is_recorded_reported_and_resubmitted(slurm_cluster, tmp_path):
     sweep_dir = tmp_path / "fail"
-    array, report = submitted(cli("sweep", SUMMARY_NB, "--grid", "n=1,2", "-p", "fail_on_n", "2", "--submit",
-                                  "slurm", "--sweep-dir", sweep_dir))
-    slurm_cluster.wait(array, report)
-    record = json.loads((sweep_dir / "sweep.json").read_text())
-    assert [p["status"] for p in record["points"]] == ["succeeded", "failed"]
-    assert "with ValueError: n=2 fails on purpose" in record["points"][1]["error"]
-    assert json.loads((sweep_dir / "n=1" / "summary.json").read_text())["n"] == 1
-    attempts = json.loads((sweep_dir / "slurm" / "points" / "1.json").read_text())["attempts"]
-    assert [(a["job"], a["state"], a["exit_code"], a["resumed"]) for a in attempts] == [(f"{array}_1", "failed", 1,
-                                                                                            False)]
-    assert record["slurm"]["report"]["job"] == report  # the report job ran after the failure (afterany)
-    assert record["slurm"]["report"]["points"] == {"succeeded": 1, "failed": 1}
+    array, report = submitted(cli("sweep", SUMMARY_NB, "--grid", "n=2,1", "-p", "fail_on_n", "2", "--jobs", "1",
+                                  "--submit", "slurm", "--sweep-dir", sweep_dir))
+    assert "ArrayTaskThrottle=1" in slurm_cluster.run("scontrol", "show", "job", array).stdout  # --jobs 1
+    assert slurm_cluster.run("scontrol", "hold", f"{array}_1").returncode == 0  # waits behind --jobs 1 until released
+    wait_for(lambda: attempts(sweep_dir, 0) and attempts(sweep_dir, 0)[-1]["state"] == "failed", "point 0's failure",
+             slurm_cluster)
+    status = cli("sweep", "--status", sweep_dir).stdout.splitlines()
+    assert status[1].split()[:3] == ["n=2", "failed", f"{array}_0"]
+    assert "with ValueError: n=2 fails on purpose" in status[1]
+    assert status[2].split()[:3] == ["n=1", "pending", f"{array}_1"]
+    assert status[3] == f"report: job {report} pending (after job array {array})"
 
-    status = cli("sweep", "--status", sweep_dir)
-    assert status.returncode == 0, status.stderr
-    lines = status.stdout.splitlines()
-    assert lines[1].split()[:3] == ["n=1", "succeeded", f"{array}_0"]
-    assert lines[2].split()[:3] == ["n=2", "failed", f"{array}_1"] and "fails on purpose" in lines[2]
-    assert lines[3].startswith("report: ")  # the fixture's runs have no metrics to compare: html or its error
+    # resubmitted while the first report job still waits: the new report job waits for it too
+    array2, report2 = submitted(done := cli("sweep", "--resume", sweep_dir, "--time", "10:00"))
+    assert "(1 point(s): n=2)" in done.stdout
+    assert "#SBATCH --time=10:00" in (sweep_dir / "slurm" / "array.sbatch").read_text().splitlines()  # replaced
+    dependency = slurm_cluster.run("scontrol", "show", "job", report2).stdout
+    assert f"afterany:{array2}_*" in dependency and f"afterany:{report}(unfulfilled)" in dependency
+    assert slurm_cluster.run("scontrol", "release", f"{array}_1").returncode == 0
+    slurm_cluster.wait(array, report, array2, report2)
+
+    record = json.loads((sweep_dir / "sweep.json").read_text())
+    assert [p["status"] for p in record["points"]] == ["failed", "succeeded"]
+    assert "with ValueError: n=2 fails on purpose" in record["points"][0]["error"]
+    assert json.loads((sweep_dir / "n=1" / "summary.json").read_text())["n"] == 1
+    tries = attempts(sweep_dir, 0)  # the second try started afresh: the first one's run moved aside
+    assert [(a["job"], a["state"], a["exit_code"], a["resumed"]) for a in tries] == [
+        (f"{array}_0", "failed", 1, False), (f"{array2}_0", "failed", 1, False)]
+    assert tries[0]["moved_aside"] is None and tries[1]["moved_aside"] == str(sweep_dir / "slurm" / "attempts" / "0-1")
+    assert (sweep_dir / "slurm" / "attempts" / "0-1" / "write_summary.ipynb").is_file()
+    assert record["slurm"]["report"]["job"] == report2  # the last report ran last
+    assert record["slurm"]["report"]["points"] == {"failed": 1, "succeeded": 1}
+
+
+def attempts(sweep_dir, index):
+    path = sweep_dir / "slurm" / "points" / f"{index}.json"
+    try:
+        return json.loads(path.read_text())["attempts"]
+    except (OSError, ValueError):
+        return []
 
 
 def wait_for(condition, what, cluster, timeout=300):
