@@ -29,9 +29,9 @@ def command(name: str) -> str:
     """The path of a Slurm command, or `SlurmError` saying it is not on the PATH."""
     path = shutil.which(name)
     if path is None:
-        raise SlurmError(f"`{name}` is not on the PATH: --submit slurm needs a machine with Slurm's client commands "
-                         f"(a login node); run the sweep here without --submit, or load Slurm (e.g. "
-                         f"`module load slurm`)")
+        raise SlurmError(f"`{name}` is not on the PATH: Slurm jobs are submitted from a machine with Slurm's client "
+                         f"commands (a login node; `module load slurm` on some clusters); without Slurm, run the "
+                         f"sweep here (no --submit)")
     return path
 
 
@@ -42,24 +42,21 @@ def _said(text: str) -> str:
     return re.sub(r"^\w+: (error: |fatal: )?", "", errors[0])
 
 
-def _call(args: list[str], what: str) -> str:
-    done = subprocess.run(args, capture_output=True, text=True, check=False)
+def _call(args: list[str], what: str, stdin: str | None = None) -> str:
+    """Run a Slurm command; its stdout, or `SlurmError` with the reason it gave."""
+    done = subprocess.run(args, input=stdin, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SlurmError(f"{Path(args[0]).name} refused {what}: {_said(done.stderr or done.stdout)}")
     return done.stdout
 
 
 def sbatch(script: Path | str, *options: str, what: str = "the job") -> str:
-    """Submit `script` (a path, or the script's text through stdin); return the job id (`SlurmError` if refused)."""
+    """Submit `script` (a path, or the script's text through stdin); return the job id (`SlurmError` if refused;
+    "" with `--test-only`)."""
     path = Path(script) if not str(script).startswith("#!") else None
     args = [command("sbatch"), "--parsable", *options] + ([str(path)] if path else [])
-    done = subprocess.run(args, input=None if path else str(script), capture_output=True, text=True,
-                          check=False)
-    if done.returncode != 0:
-        raise SlurmError(f"sbatch refused {what}: {_said(done.stderr or done.stdout)}")
-    if "--test-only" in options:
-        return ""
-    return done.stdout.strip().split(";")[0]
+    out = _call(args, what, stdin=None if path else str(script))
+    return "" if "--test-only" in options else out.strip().split(";")[0]
 
 
 def hostnames(nodelist: str) -> list[str]:

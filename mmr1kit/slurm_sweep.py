@@ -174,7 +174,8 @@ def run_point(sweep_dir, index: int) -> int:
     point, sweep_dir = result.points[index], result.sweep_dir
     run_dir = Path(point.run_dir)
     record = _task_record(sweep_dir, index)
-    resume = checkpoint(run_dir) is not None and "resume_from_checkpoint" in notebook_parameters(result.notebook)
+    latest = checkpoint(run_dir)
+    resume = latest is not None and "resume_from_checkpoint" in notebook_parameters(result.notebook)
     moved = None
     if not resume and run_dir.is_dir() and any(run_dir.iterdir()):
         moved = sweep_dir / "slurm" / "attempts" / f"{index}-{len(record['attempts'])}"
@@ -187,7 +188,7 @@ def run_point(sweep_dir, index: int) -> int:
     args += ["--resume"] if resume else []
     attempt = {"job": f"{os.environ.get('SLURM_ARRAY_JOB_ID', '?')}_{index}", "job_id": os.environ.get("SLURM_JOB_ID"),
                "host": socket.gethostname(), "started": time.time(), "state": "running", "resumed": resume,
-               "checkpoint": str(checkpoint(run_dir)) if resume else None,
+               "checkpoint": str(latest) if resume else None,
                "moved_aside": str(moved) if moved else None, "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
                "command": shlex.join(args)}
     record["attempts"].append(attempt)
@@ -239,8 +240,9 @@ def point_states(result: SweepResult) -> list[dict]:
             if last_here["state"] == "stopped" and scheduler:
                 detail = f"{scheduler}: {detail}"
             row.update(state=last_here["state"], detail=detail)
-        if row["state"] in ("stopped", "failed") and checkpoint(Path(point.run_dir)):
-            row["detail"] += f" [{checkpoint(Path(point.run_dir)).name} kept: --resume continues from it]"
+        kept = checkpoint(Path(point.run_dir)) if row["state"] in ("stopped", "failed") else None
+        if kept is not None:
+            row["detail"] += f" [{kept.name} kept: --resume continues from it]"
         out.append(row)
     return out
 

@@ -45,7 +45,7 @@ class SweepPoint:
     error: str | None = None
     wall_time_s: float | None = None
     html: str | None = None
-    gpus: str | None = None  # the CUDA_VISIBLE_DEVICES the point ran with, when GPUs were shared out
+    gpus: str | None = None  # the CUDA_VISIBLE_DEVICES the point ran with (None: unset)
 
 
 @dataclass
@@ -56,11 +56,15 @@ class SweepResult:
     notebook: Path
     points: list[SweepPoint] = field(default_factory=list)
     record: dict[str, Any] = field(default_factory=dict)  # the rest of sweep.json: notebook, grid, parameters, ...
-    cwd: Path | None = None  # the kernels' working directory
 
     @property
     def failed(self) -> list[SweepPoint]:
         return [p for p in self.points if p.status != "succeeded"]
+
+    @property
+    def cwd(self) -> Path:
+        """The kernels' working directory (the repository that holds the notebook, unless `cwd` was given)."""
+        return Path(self.record["cwd"]) if self.record.get("cwd") else _repo_root(self.notebook)
 
     def save(self) -> Path:
         """Write `<sweep_dir>/sweep.json` (atomically)."""
@@ -76,8 +80,7 @@ def load_sweep(sweep_dir: str | os.PathLike) -> SweepResult:
     record = json.loads(path.read_text())
     known = set(SweepPoint.__dataclass_fields__)
     points = [SweepPoint(**{k: v for k, v in p.items() if k in known}) for p in record.pop("points")]
-    cwd = record.get("cwd")
-    return SweepResult(sweep_dir, Path(record["notebook"]), points, record, Path(cwd) if cwd else None)
+    return SweepResult(sweep_dir, Path(record["notebook"]), points, record)
 
 
 def visible_gpus() -> list[str]:
@@ -196,7 +199,7 @@ def plan_sweep(notebook: str | os.PathLike, grid: Mapping[str, list], *,
                **record) -> SweepResult:
     """Check a sweep and write its `sweep.json` with every point `pending`; run nothing.
 
-    Arguments as in `sweep`; `record` adds fields to `sweep.json` (`jobs`, `scheduler`, ...).
+    Arguments as in `sweep`; `record` adds fields to `sweep.json` (`jobs`, `gpus_per_job`, `slurm`).
 
     Raises:
         `ValueError`: bad grid or parameters; nothing is written then.
@@ -227,7 +230,7 @@ def plan_sweep(notebook: str | os.PathLike, grid: Mapping[str, list], *,
         seen.add(name)
         points.append(SweepPoint(name=name, parameters=values, run_dir=str(sweep_dir / name)))
     result = SweepResult(sweep_dir, notebook, points, {"notebook": str(notebook), "grid": grid, "parameters": base,
-                                                       "cwd": str(root), **record}, root)
+                                                       "cwd": str(root), **record})
     result.save()
     return result
 

@@ -44,8 +44,8 @@ def test_no_sbatch_on_the_path_is_one_line_and_writes_nothing(tmp_path):
     done = cli("sweep", SUMMARY_NB, "--grid", "n=1,2", "--submit", "slurm", "--sweep-dir", tmp_path / "s", env=env)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [(
-        "error: `sbatch` is not on the PATH: --submit slurm needs a machine with Slurm's client commands (a login "
-        "node); run the sweep here without --submit, or load Slurm (e.g. `module load slurm`)")]
+        "error: `sbatch` is not on the PATH: Slurm jobs are submitted from a machine with Slurm's client commands (a "
+        "login node; `module load slurm` on some clusters); without Slurm, run the sweep here (no --submit)")]
     assert not (tmp_path / "s").exists()
 
 
