@@ -165,7 +165,7 @@ def _cmd_sweep_slurm(args: argparse.Namespace, grid: dict | None = None) -> int:
         result = slurm.submit_sweep(args.notebook, grid, parameters=dict(args.parameter), sweep_dir=args.sweep_dir,
                                     preset=args.preset, cwd=args.cwd, kernel_name=args.kernel,
                                     partition=args.partition, gpus_per_job=args.gpus_per_job, time_limit=args.time,
-                                    sbatch_args=args.sbatch_arg, jobs=args.jobs)
+                                    sbatch_args=args.sbatch_arg, jobs=args.jobs, compare=not args.no_compare)
         entry = result.record["slurm"]["submissions"][-1]
     if entry is None:
         print("nothing to resubmit: no point failed, stopped or is left to start")

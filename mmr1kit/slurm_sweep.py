@@ -75,7 +75,8 @@ def sweep_scripts(result: SweepResult, options: dict) -> tuple[str, str]:
 
 
 def submit_sweep(notebook, grid, *, parameters=None, sweep_dir=None, preset=None, cwd=None, kernel_name="python3",
-                 partition=None, gpus_per_job=None, time_limit=None, sbatch_args=(), jobs=None) -> SweepResult:
+                 partition=None, gpus_per_job=None, time_limit=None, sbatch_args=(), jobs=None,
+                 compare: bool = True) -> SweepResult:
     """Plan a sweep (`mmr1kit.sweep.plan_sweep`) and submit it as one job array plus a dependent report job.
 
     Args:
@@ -84,13 +85,14 @@ def submit_sweep(notebook, grid, *, parameters=None, sweep_dir=None, preset=None
         gpus_per_job (`int`, *optional*): `--gpus` of every array task (Slurm sets its `CUDA_VISIBLE_DEVICES`).
         sbatch_args (`list[str]`): more `#SBATCH` lines for both jobs (`--account=A`, `--cpus-per-task=8`, ...).
         jobs (`int`, *optional*): at most this many array tasks at once (`--array=0-N%jobs`).
+        compare (`bool`, defaults to True): False: the report job writes the states only, no comparison report.
 
     Raises:
         `SlurmError`: no `sbatch`, or the cluster refuses the job (checked with `sbatch --test-only` before anything is
             written); `ValueError`: bad grid or parameters.
     """
     options = {"partition": partition, "time": time_limit, "gpus_per_job": gpus_per_job,
-               "sbatch_args": list(sbatch_args), "jobs": jobs, "kernel": kernel_name}
+               "sbatch_args": list(sbatch_args), "jobs": jobs, "kernel": kernel_name, "compare": compare}
     _check_options(options)
     result = plan_sweep(notebook, grid, parameters=parameters, sweep_dir=sweep_dir, preset=preset, cwd=cwd,
                         jobs=jobs, gpus_per_job=gpus_per_job, slurm={"options": options, "submissions": []})
@@ -197,8 +199,13 @@ def run_point(sweep_dir, index: int) -> int:
     print(f"point {index} ({point.name}): {attempt['command']}", flush=True)
 
     caught = []
-    signal.signal(signal.SIGTERM, lambda signum, frame: caught.append("SIGTERM"))
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, errors="replace")
+
+    def stop(signum, frame):  # record it; pass it on (`scancel --batch` and some preemptions signal this process only)
+        caught.append(signal.Signals(signum).name)
+        proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, stop)
     error = None
     for line in proc.stderr:  # relayed to the task's log; the last `error:` line is the point's error
         sys.stderr.write(line)
@@ -263,7 +270,8 @@ def refresh(sweep_dir) -> SweepResult:
 
 
 def report(sweep_dir) -> int:
-    """The report job: states into `sweep.json`, then the comparison report (when a point succeeded)."""
+    """The report job: states into `sweep.json`, then the comparison report (when a point succeeded, unless the sweep
+    was submitted with --no-compare)."""
     from mmr1kit.compare import compare_report
     from mmr1kit.notebook import NotebookRunError
 
@@ -271,7 +279,9 @@ def report(sweep_dir) -> int:
     counts = {s: sum(p.status == s for p in result.points) for s in dict.fromkeys(p.status for p in result.points)}
     print("points: " + ", ".join(f"{n} {s}" for s, n in counts.items()), flush=True)
     entry = {"time": time.time(), "job": os.environ.get("SLURM_JOB_ID"), "points": counts, "html": None, "error": None}
-    if not counts.get("succeeded"):
+    if result.record["slurm"]["options"].get("compare") is False:
+        entry["error"] = "no comparison report (--no-compare)"
+    elif not counts.get("succeeded"):
         entry["error"] = "no point succeeded: no comparison report"
     else:
         kernel = result.record["slurm"]["options"].get("kernel") or "python3"
@@ -281,8 +291,8 @@ def report(sweep_dir) -> int:
             entry["error"] = f"the comparison report failed: {exc}"
     result.record["slurm"]["report"] = entry
     result.save()
-    print(entry["html"] or f"error: {entry['error']}", flush=True)
-    return 0 if entry["html"] else 1
+    print(entry["html"] or entry["error"], flush=True)
+    return 0 if entry["html"] or "--no-compare" in entry["error"] else 1
 
 
 def resume_sweep(sweep_dir, *, partition=None, gpus_per_job=None, time_limit=None, sbatch_args=None) -> dict | None:
@@ -323,7 +333,7 @@ def format_states(result: SweepResult, states: list[dict]) -> list[str]:
         if state in LIVE:
             lines.append(f"report: job {last['report_job']} {LIVE[state]} (after job array {last['array_job']})")
         elif done.get("job") == last["report_job"]:
-            lines.append(f"report: {done['html'] or 'error: ' + done['error']}")
+            lines.append(f"report: {done['html'] or done['error']}")
         else:
             lines.append(f"report: job {last['report_job']} ended ({state or 'state unknown'}) without writing one")
     return lines

@@ -64,7 +64,7 @@ def test_unknown_partition_is_refused_before_anything_is_written(slurm_cluster, 
 def test_a_failing_point_is_recorded_reported_and_resubmitted(slurm_cluster, tmp_path):
     sweep_dir = tmp_path / "fail"
     array, report = submitted(cli("sweep", SUMMARY_NB, "--grid", "n=2,1", "-p", "fail_on_n", "2", "--jobs", "1",
-                                  "--submit", "slurm", "--sweep-dir", sweep_dir))
+                                  "--no-compare", "--submit", "slurm", "--sweep-dir", sweep_dir))
     assert "ArrayTaskThrottle=1" in slurm_cluster.run("scontrol", "show", "job", array).stdout  # --jobs 1
     assert slurm_cluster.run("scontrol", "hold", f"{array}_1").returncode == 0  # waits behind --jobs 1 until released
     wait_for(lambda: attempts(sweep_dir, 0) and attempts(sweep_dir, 0)[-1]["state"] == "failed", "point 0's failure",
@@ -93,8 +93,12 @@ def test_a_failing_point_is_recorded_reported_and_resubmitted(slurm_cluster, tmp
         (f"{array}_0", "failed", 1, False), (f"{array2}_0", "failed", 1, False)]
     assert tries[0]["moved_aside"] is None and tries[1]["moved_aside"] == str(sweep_dir / "slurm" / "attempts" / "0-1")
     assert (sweep_dir / "slurm" / "attempts" / "0-1" / "write_summary.ipynb").is_file()
-    assert record["slurm"]["report"]["job"] == report2  # the last report ran last
-    assert record["slurm"]["report"]["points"] == {"failed": 1, "succeeded": 1}
+    assert record["slurm"]["report"] == {  # the last report job ran last; it wrote the states, no comparison
+        "job": report2, "time": record["slurm"]["report"]["time"], "points": {"failed": 1, "succeeded": 1},
+        "html": None, "error": "no comparison report (--no-compare)"}
+    assert not (sweep_dir / "comparison").exists()
+    status = cli("sweep", "--status", sweep_dir).stdout.splitlines()
+    assert status[3] == "report: no comparison report (--no-compare)"
 
 
 def attempts(sweep_dir, index):
