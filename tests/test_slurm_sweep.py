@@ -175,5 +175,7 @@ def test_sweep_of_notebook_01_on_slurm_cancelled_point_resumes_and_is_reported(s
     assert all(g["runs"] == {"total": 2, "failed": 0} for g in comparison["groups"])
     assert record["slurm"]["report"]["job"] == report2
     assert record["slurm"]["report"]["html"] == str(sweep_dir / "comparison" / "05_compare_runs.html")
+    html = (sweep_dir / "comparison" / "05_compare_runs.html").read_text()
+    assert html.count("<img") >= 4  # the sweep plot and the reward / KL / entropy curves by kl_approximator
     assert cli("sweep", "--resume", sweep_dir).stdout.splitlines()[0] == (
         "nothing to resubmit: no point failed, stopped or is left to start")
