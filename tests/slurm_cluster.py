@@ -89,7 +89,7 @@ class Cluster:
     def run(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(list(args), capture_output=True, text=True, env=self.env, timeout=60, check=False)
 
-    def wait(self, *job_ids: str, timeout: float = 300) -> None:
+    def wait(self, *job_ids: str, timeout: float = 900) -> None:
         """Wait until the scheduler has none of `job_ids` (or their array tasks) pending or running."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -109,7 +109,7 @@ def attempts(sweep_dir, index):
         return []
 
 
-def wait_for(condition, what, cluster, timeout=300):
+def wait_for(condition, what, cluster, timeout=600):
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:

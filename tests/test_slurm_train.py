@@ -70,7 +70,7 @@ def test_two_launchers_train_one_run_under_slurm(slurm_cluster, qwen_path, count
     done = submit("--nodes", "1", "--sbatch-arg=--ntasks-per-node=2", preset, "--run_dir", run_dir)
     assert done.returncode == 0, done.stderr
     job = done.stdout.split()[2]
-    slurm_cluster.wait(job, timeout=400)
+    slurm_cluster.wait(job)
     log = (run_dir / "slurm" / f"{job}.out").read_text()
     launches = sorted(line for line in log.splitlines() if line.startswith("task "))
     assert len(launches) == 2, log[-3000:]
