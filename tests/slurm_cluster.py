@@ -114,7 +114,10 @@ def slurm_cluster(tmp_path_factory):
     key.chmod(0o400)
     folder.chmod(0o700)  # munged refuses keys in folders others may write to
     conf = folder / "slurm.conf"
-    conf.write_text(_conf(folder, getpass.getuser(), (free_port(), free_port())))
+    ports = (free_port(), free_port())
+    while ports[0] == ports[1]:
+        ports = (ports[0], free_port())
+    conf.write_text(_conf(folder, getpass.getuser(), ports))
     env = {**os.environ, "SLURM_CONF": str(conf)}
     daemons = []
 
