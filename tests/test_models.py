@@ -1,4 +1,8 @@
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,3 +92,21 @@ def test_load_policy_dispatches_on_config_not_name(llava_path, tmp_path):
     renamed = tmp_path / "Qwen2.5-VL-looks-like-qwen"
     renamed.symlink_to(llava_path)
     assert type(models.load_policy(renamed, dtype=torch.float32)).__name__ == "LlavaForConditionalGeneration"
+
+
+@pytest.mark.slow
+def test_processes_that_start_at_once_build_the_cached_model_once(tmp_path):
+    """The points of a sweep or the tasks of a Slurm array start together on a cold cache: one builds, the others
+    wait for it (`cache_lock`) and load what it built."""
+    code = ("import sys; from mmr1kit.models import tiny_vlm; from transformers import AutoModelForImageTextToText; "
+            "p = tiny_vlm(hidden_size=32, vision_hidden_size=32); AutoModelForImageTextToText.from_pretrained(p); "
+            "print(p)")
+    env = {**os.environ, "MMR1KIT_CACHE": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outputs]
+    built = {out.strip() for out, _ in outputs}
+    assert len(built) == 1
+    name = Path(built.pop()).name
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [name, f"{name}.lock"]  # no partial build

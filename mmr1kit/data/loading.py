@@ -62,7 +62,7 @@ def _card_files(card: Path, split: str) -> Path:
     if split not in data_files:
         raise DatasetError(card, None, "split", split, f"the card lists splits {sorted(data_files)}")
     if "generator" in spec:
-        from mmr1kit.models import cache_dir
+        from mmr1kit.models import cache_dir, cache_lock
 
         write_dataset = _generator(card, spec["generator"])
 
@@ -72,9 +72,11 @@ def _card_files(card: Path, split: str) -> Path:
         root = cache_dir() / "data" / f"{card.stem}-{key}"
         target = root / data_files[split]
         if not target.exists():
-            seed = params.pop("seed", 0) + (0 if split == "train" else 1_000_003)
-            n = sizes.get(split, 256)
-            write_dataset(params.pop("task"), root, n=n, seed=seed, split=split, **params)
+            with cache_lock(root):  # processes that start at once write it once
+                if not target.exists():
+                    seed = params.pop("seed", 0) + (0 if split == "train" else 1_000_003)
+                    n = sizes.get(split, 256)
+                    write_dataset(params.pop("task"), root, n=n, seed=seed, split=split, **params)
         return target
     root = Path(spec.get("data_dir", card.parent)).expanduser()
     if not (root / data_files[split]).exists():
