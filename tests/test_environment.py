@@ -24,7 +24,8 @@ def test_environment_yml_names_every_dependency_of_pyproject():
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     env_names = {_name(r) for r in pip if not r.startswith("-")}
     core = {_name(r) for r in project["dependencies"]}
-    gpu_extras = {_name(r) for extra in ("vllm", "deepspeed", "lora") for r in project["optional-dependencies"][extra]}
+    gpu_extras = {_name(r) for extra in ("vllm", "deepspeed", "lora", "trackers")
+                  for r in project["optional-dependencies"][extra]}
     assert core - env_names == set(), "in pyproject.toml but not in environment.yml"
     assert env_names - core - gpu_extras == set(), "in environment.yml but not in pyproject.toml"
     assert gpu_extras <= env_names
