@@ -1,8 +1,8 @@
 """The notebooks: hygiene (static, fast) for every `notebooks/*.ipynb`, then real papermill execution with smoke
 parameters, asserting on the numbers each notebook records (never on cell text).
 
-Execution: 01 with its own defaults (a CPU smoke run), 02 on a real tiny run, 03 on two runs of a real tiny sweep,
-05 through `mmr1kit.compare.compare_report` on that sweep.
+Execution: 01 with its own defaults (a CPU smoke run) and `report_to="tensorboard"`, 02 on a real tiny run, 03 on
+two runs of a real tiny sweep, 05 through `mmr1kit.compare.compare_report` on that sweep.
 """
 
 import ast
@@ -13,6 +13,9 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
+
+from raw_records import raw_rows
+from tracker_records import tensorboard_scalars
 
 from mmr1kit.config import MMR1Config
 from mmr1kit.notebook import notebook_parameters, run_notebook
@@ -96,7 +99,7 @@ def read(path):
 @pytest.mark.slow
 def test_01_train_grpo_smoke(tmp_path):
     notebook = ROOT / "notebooks" / "01_train_grpo.ipynb"
-    result = run_notebook(notebook, run_dir=tmp_path / "run", **QUIET)
+    result = run_notebook(notebook, run_dir=tmp_path / "run", parameters={"report_to": "tensorboard"}, **QUIET)
     summary = read(tmp_path / "run" / "summary.json")
     assert 0 <= summary["eval/accuracy_before"] <= 1
     assert 0 <= summary["eval/accuracy_after"] <= 1
@@ -113,6 +116,11 @@ def test_01_train_grpo_smoke(tmp_path):
     for name in ("rewards", "kl", "entropy", "rollouts_last_step", "accuracy_by_count"):
         png = tmp_path / "run" / f"{name}.png"
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    # the notebook's report_to parameter: TensorBoard got every metric of metrics.jsonl at its step (test_trackers)
+    scalars = {tag: dict(points) for tag, points in tensorboard_scalars(tmp_path / "run" / "tensorboard").items()}
+    for row in raw_rows(tmp_path / "run", "metrics.jsonl"):
+        assert all(scalars[k][row["step"]] == pytest.approx(v, rel=1e-6, abs=1e-12) for k, v in row.items()
+                   if k != "step" and v is not None), row["step"]
 
 
 @pytest.mark.slow
