@@ -149,7 +149,17 @@ class MMR1Config(GRPOConfig):
     save_strategy: str = field(default="steps", metadata={"help": "Checkpointing strategy."})
     save_steps: float = field(default=50, metadata={"help": "Checkpoint every N steps."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
-    report_to: None | str | list[str] = field(default="none", metadata={"help": "tensorboard, wandb, trackio, none."})
+    report_to: None | str | list[str] = field(
+        default="none", metadata={"help": "Trackers beside the run record: tensorboard, trackio, wandb, none."}
+    )
+    # Trackers (mmr1kit.trackers, docs/trackers.md): metrics.jsonl's names and steps, and a throttled rollout table
+    project: str = field(default="mmr1kit", metadata={"help": "The trackers' project (wandb: unless WANDB_PROJECT)."})
+    tracker_rollouts_every: int = field(
+        default=10, metadata={"help": "Send a rollout table to the trackers at step 1, then every N steps (0: never)."}
+    )
+    tracker_rollouts_max_rows: int = field(
+        default=16, metadata={"help": "Rows of a rollout table at most (the step's first rows: whole groups first)."}
+    )
     bf16: bool = field(default=False, metadata={"help": "bf16 is 5x slower on CPU."})
     gradient_checkpointing: bool | None = field(default=False, metadata={"help": "Recompute activations (GPU memory)."})
     use_cpu: bool = field(default_factory=_use_cpu, metadata={"help": "Train on the CPU (auto: no CUDA)."})
@@ -185,6 +195,11 @@ class MMR1Config(GRPOConfig):
             bad("loss_type", f"expected one of {LOSS_TYPES} (TRL 1.16's loss types)")
         self.scale_rewards = {True: "group", False: "none"}.get(self.scale_rewards, self.scale_rewards)
         error = advantages.config_error(self)  # scale_rewards, aggregation, no_mean_for_same_reward, kimifull
+        if error:
+            bad(*error)
+        from mmr1kit import trackers
+
+        error = trackers.config_error(self)  # report_to: installed, folders writable, before anything loads
         if error:
             bad(*error)
         if self.use_peft and (self.kl_approximator == "exact" or self.exact_kl_every):

@@ -10,6 +10,7 @@ It overrides as little as possible (design decision 1); each override says what 
 - `_get_train_sampler`: `order_dataset`;
 - `_load_from_checkpoint`: resuming restores every weight (transformers' own path misses VLM key renames);
 - a callback sets the step's sampling temperature everywhere TRL uses it;
+- `report_to`'s trackers get the run record's names and steps, and throttled rollout tables (`mmr1kit.trackers`);
 - hooks into `mmr1kit.sampling` (no vision token sampled; vLLM's importance ratio on one distribution) and, on vLLM's
   CPU platform, `mmr1kit.vllm_sync` (the weight sync through `reload_weights`).
 
@@ -36,6 +37,7 @@ from mmr1kit.runs import RunRecorder
 from mmr1kit.sampling import ProcessedLogprobs, suppress_vision_tokens
 from mmr1kit.scale import feed_vllm_unexpanded_images, rollout_check
 from mmr1kit.schedules import temperature_at
+from mmr1kit.trackers import use_trackers
 from mmr1kit.video import VideoTrainerMixin
 from mmr1kit.vllm_sync import use_cpu_weight_sync
 
@@ -196,6 +198,7 @@ class MMR1Trainer(VideoTrainerMixin, GRPOTrainer):
         if start is not None and self.accelerator.is_main_process:
             self.recorder = open_record(args, start, model, train_dataset)
             self.add_callback(RunRecordCallback(self.recorder))
+        self.rollout_tables = use_trackers(self)  # report_to: metrics.jsonl's names and steps; rollout tables
         self.add_callback(TemperatureCallback(self))
         self.guard = NonFiniteGuard(self, args.max_nonfinite_steps)
         self.add_callback(self.guard)
@@ -508,4 +511,5 @@ class MMR1Trainer(VideoTrainerMixin, GRPOTrainer):
                 }
             )
         self.recorder.log_rollouts(records)
+        self.rollout_tables.log(records)  # every tracker_rollouts_every steps, to the trackers that take tables
         self.phases.end("record")

@@ -110,12 +110,13 @@ class SmokeProject:
 
 @pytest.fixture(scope="session")
 def smoke_project(tmp_path_factory) -> SmokeProject:
-    """`mmr1kit run notebooks/01_train_grpo.ipynb` in a fresh copy of the project, nothing else given."""
+    """`mmr1kit run notebooks/01_train_grpo.ipynb` in a fresh copy of the project, no run folder given (and
+    `report_to tensorboard`, the notebook parameter of the trackers)."""
     root = tmp_path_factory.mktemp("project")
     (root / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())  # marks the project root
     shutil.copytree(ROOT / "notebooks", root / "notebooks")
     (root / "data_cards").mkdir()
     shutil.copy(ROOT / "data_cards" / "synthetic_counting.md", root / "data_cards")
-    train = mmr1kit_run(root, "notebooks/01_train_grpo.ipynb")
+    train = mmr1kit_run(root, "notebooks/01_train_grpo.ipynb", "-p", "report_to", "tensorboard")
     assert train.returncode == 0, train.stderr[-3000:]
     return SmokeProject(root, root / "runs" / "smoke", train)

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))  # `benchmarks` is a folder of the repo, not insta
 from benchmarks import wheelhouse
 
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-EXTRAS = ("vllm", "deepspeed", "lora")
+EXTRAS = ("vllm", "deepspeed", "lora", "trackers")
 WHAT_TO_DO = ("What to do: find a set that installs (vLLM's own pins of torch and transformers decide it), put it in "
               "constraints-gpu.txt and environment.yml, and widen pyproject.toml's ranges to contain it; "
               "tests/setup_vllm_cpu.sh then tests it on the CPU (`make test-vllm`).")
@@ -60,7 +60,7 @@ def test_environment_yml_installs_the_gpu_set():
     assert _pins(_environment_pip()) == _constraints("constraints-gpu.txt")
 
 
-@pytest.mark.parametrize("file, extras", [("constraints.txt", ("lora",)), ("constraints-gpu.txt", EXTRAS)])
+@pytest.mark.parametrize("file, extras", [("constraints.txt", ("lora", "trackers")), ("constraints-gpu.txt", EXTRAS)])
 def test_each_tested_set_lies_inside_pyproject_ranges(file, extras):
     pins = _constraints(file)
     checked = 0
@@ -93,7 +93,7 @@ def test_gpu_vllm_is_inside_trls_supported_range():
 
 RESOLUTIONS = {
     "environment.yml's pip section": lambda tmp: ["-r", str(_pip_section_file(tmp))],
-    "`pip install -c constraints-gpu.txt '.[vllm,deepspeed,lora]'`": lambda tmp: [
+    f"`pip install -c constraints-gpu.txt '.[{','.join(EXTRAS)}]'`": lambda tmp: [
         "-c", "constraints-gpu.txt", f".[{','.join(EXTRAS)}]"],
 }
 
@@ -137,7 +137,7 @@ def test_environment_yml_pip_section_resolves(resolved):
 
 @pytest.mark.network
 def test_vllm_extra_resolves_with_the_gpu_constraints(resolved):
-    versions = _versions_or_fail(resolved, "`pip install -c constraints-gpu.txt '.[vllm,deepspeed,lora]'`")
+    versions = _versions_or_fail(resolved, f"`pip install -c constraints-gpu.txt '.[{','.join(EXTRAS)}]'`")
     pins = _constraints("constraints-gpu.txt")
     assert {k: versions.get(k) for k in pins} == pins
 

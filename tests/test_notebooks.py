@@ -2,7 +2,7 @@
 parameters, asserting on the numbers each notebook records (never on cell text), and on what each HTML report shows
 a reader: every figure the notebook saved, embedded, and no library noise.
 
-Execution: 01 with its own defaults through `mmr1kit run` in a fresh copy of the project (a CPU smoke run, shared
+Execution: 01 with its own defaults (and `report_to tensorboard`) through `mmr1kit run` in a fresh copy of the project (a CPU smoke run, shared
 with the browser test), then 02, 03 and 05 with their own defaults on it; 02 on a real tiny run, 03 on two runs of a
 real tiny sweep, 05 through `mmr1kit.compare.compare_report` on that sweep.
 """
@@ -17,6 +17,9 @@ import numpy as np
 import pytest
 from helpers_cli import mmr1kit_run
 from reports import NOISE, figures_in_report, report_text
+
+from raw_records import raw_rows
+from tracker_records import tensorboard_scalars
 
 from mmr1kit.config import MMR1Config
 from mmr1kit.notebook import notebook_parameters, run_notebook
