@@ -171,7 +171,8 @@ class MMR1Config(GRPOConfig):
             self.output_dir = str(Path(self.run_dir) / "checkpoints")
         # transformers 5.23 renamed gradient_checkpointing to activation_checkpointing and warns (FutureWarning) on the
         # old name whenever the new one is unset; MMR1, TRL and our presets use the old name, so it is mapped across.
-        if self.activation_checkpointing is None:
+        # transformers 5.17 (the GPU set) has only the old name.
+        if getattr(self, "activation_checkpointing", False) is None:
             self.activation_checkpointing = bool(self.gradient_checkpointing)
         try:
             super().__post_init__()

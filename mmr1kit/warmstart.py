@@ -35,6 +35,15 @@ def sft_dataset(dataset, labels: list[str] | None = None):
     return dataset.remove_columns(keep).add_column("completion", completions)
 
 
+def checkpointing_off(config_class) -> dict:
+    """The keyword that turns activation checkpointing off: `activation_checkpointing` where transformers has it
+    (5.23; the old name, `gradient_checkpointing`, warns there), `gradient_checkpointing` before (5.17)."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(config_class)}
+    return {"activation_checkpointing": False} if "activation_checkpointing" in names else {"gradient_checkpointing": False}
+
+
 def warm_start(
     model_path,
     dataset,
@@ -79,7 +88,7 @@ def warm_start(
         seed=seed,
         bf16=False,
         use_cpu=not torch.cuda.is_available(),
-        activation_checkpointing=False,  # the old name, gradient_checkpointing, warns in transformers 5.23
+        **checkpointing_off(SFTConfig),
         logging_steps=max(1, max_steps // 20),
         save_strategy="no",
         report_to="none",
