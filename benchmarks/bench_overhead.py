@@ -19,6 +19,9 @@ Variants (MMR1 options on top of the shared settings):
   with the exact full-vocabulary KL logged every step (`exact_kl_every=1`, the MMR1Config default).
 - `exact_in_loss` (c, no target): `kl_approximator="exact"`, record off: the cost of the exact KL as the loss term.
 
+Every MMR1Trainer variant runs with `encode_images_once=False`, TRL's image path, so that the ratios are the cost of
+MMR1's options alone; what encoding each image once saves is `bench_encode`'s measurement.
+
 Measurement (`--interleave step`, the default): one process builds one trainer per variant, then trains them in
 rounds of one optimizer step each (`train()` with `max_steps=1`; the order rotated every round), so that steps of
 different variants are seconds apart and the load of a shared machine hits them alike. The first `--warmup` rounds
@@ -112,8 +115,11 @@ def build(variant, model_path, data_path, settings, steps, seed, workdir, traine
 
     overrides, record = VARIANTS[variant]
     run_dir = tempfile.mkdtemp(prefix=f"{variant}-", dir=workdir)
-    config = MMR1Config.from_dict({**settings, **(overrides or NEUTRAL), "max_steps": steps, "seed": seed,
-                                   "model_name_or_path": str(model_path), "run_dir": run_dir})
+    # the image caches off (`encode_images_once`): this benchmark measures what MMR1's options cost; bench_encode
+    # measures what the caches save
+    config = MMR1Config.from_dict({**settings, "encode_images_once": False, **(overrides or NEUTRAL),
+                                   "max_steps": steps, "seed": seed, "model_name_or_path": str(model_path),
+                                   "run_dir": run_dir})
     dataset = load_dataset(data_path, "train", config)
     clock = common.StepClock()
     reward_funcs = get_reward_funcs(config.reward_funcs)

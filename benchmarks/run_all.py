@@ -32,6 +32,7 @@ BUDGET_MIN = 12  # `make bench` should take "about 10 minutes" on the 2-core mac
 BENCHMARKS = {
     "data": "benchmarks.bench_data",
     "overhead": "benchmarks.bench_overhead",
+    "encode": "benchmarks.bench_encode",
     "memory": "benchmarks.bench_memory",
     "exact_kl": "benchmarks.bench_exact_kl",
     "learning": "benchmarks.bench_learning",
@@ -128,6 +129,7 @@ def table_rows(results: Path, quick: bool = False) -> list[list[str]]:
         trl = overhead["results"]["trl"]["step_time_s"]
         rows.append(["overhead: TRL GRPOTrainer step time (s), the baseline", "—", _spread(trl), "—",
                      _load(overhead), _when(overhead)])
+    rows += _encode_rows(results, quick)
     memory = _read(results, "memory", quick)
     if memory:
         groups = memory["config"]["groups"]
@@ -177,6 +179,24 @@ def table_rows(results: Path, quick: bool = False) -> list[list[str]]:
             rows.append([f"exact KL, V={exact['config']['vocab']}: forward+backward ms, {best} vs unchunked",
                          "record", f"{1e3 * fb[best]['median_s']:.1f} vs {1e3 * fb['unchunked']['median_s']:.1f}",
                          "—", "not recorded", _when(exact)])
+    return rows
+
+
+def _encode_rows(results: Path, quick: bool) -> list[list[str]]:
+    """`bench_encode`: the step-time ratio against TRL at each G, with the image work of the step."""
+    encode = _read(results, "encode", quick)
+    if not encode:
+        return []
+    rows, target = [], encode["targets"]["cpu_ratio_g8"]
+    for g in encode["config"]["groups"]:
+        r = encode["results"][str(g)]
+        v = r["vision"]
+        work = (f"images encoded {v['encoded']:.0f} vs TRL's {v['encoded_by_trl']:.0f}, "
+                f"preprocessed {v['preprocessed']:.0f} vs {2 * encode['config']['settings']['per_device_train_batch_size']}")
+        rows.append([f"encode: CPU time per step, MMR1Trainer (each image encoded once) / TRL GRPOTrainer, G={g} "
+                     f"({r['prompts_per_step']} prompts x {g})", f"≤ {target:.2f} at G=8, falling with G" if g == 8
+                     else "falling with G", f"{_spread(r['cpu_ratio'])}; wall step_time {_spread(r['ratio'])}; {work}",
+                     _met(encode["results"]["meets_target"]) if g == 8 else "—", _load(encode), _when(encode)])
     return rows
 
 
