@@ -36,9 +36,10 @@ test-fast: $(STAMP)
 .venv-vllm/bin/python:
 	bash tests/setup_vllm_cpu.sh
 
-# tests/test_vision_cache.py runs here too: the image caches must be exact on both tested transformers versions.
+# The image caches' tests run here too: they must be exact on both tested transformers versions.
 test-vllm: .venv-vllm/bin/python
-	.venv-vllm/bin/python -m pytest -q tests/test_vllm.py tests/test_vision_cache.py -p no:cacheprovider
+	.venv-vllm/bin/python -m pytest -q tests/test_vllm.py tests/test_vision_cache.py tests/test_preprocess_cache.py \
+		-p no:cacheprovider
 
 # Every benchmark, each in a fresh process, then the results table of benchmarks/README.md (about 10 min).
 bench: $(STAMP)

@@ -23,6 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: python benchmarks/bench_encode.py
@@ -130,7 +131,7 @@ def main(argv=None):
         print(f"[encode] G={g:>2}: CPU-time ratio {m:.3f} [{r['cpu_ratio']['min']:.3f}, {r['cpu_ratio']['max']:.3f}], "
               f"step_time ratio {r['ratio']['median']:.3f}; vision {r['vision']}", flush=True)
     results["meets_target"] = ("8" in results and results["8"]["cpu_ratio"]["median"] <= TARGET_G8
-                               and all(a >= b for a, b in zip(medians, medians[1:])))
+                               and all(a >= b for a, b in pairwise(medians)))
     config = {"settings": settings, "neutral": NEUTRAL, "groups": args.groups, "model": str(model_path),
               "data": str(data_path), **{k: getattr(args, k) for k in ("rounds", "warmup", "seed", "threads")}}
     return common.write_result(

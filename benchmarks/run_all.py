@@ -188,15 +188,18 @@ def _encode_rows(results: Path, quick: bool) -> list[list[str]]:
     if not encode:
         return []
     rows, target = [], encode["targets"]["cpu_ratio_g8"]
+    trl_preprocessed = 2 * encode["config"]["settings"]["per_device_train_batch_size"]
     for g in encode["config"]["groups"]:
         r = encode["results"][str(g)]
         v = r["vision"]
-        work = (f"images encoded {v['encoded']:.0f} vs TRL's {v['encoded_by_trl']:.0f}, "
-                f"preprocessed {v['preprocessed']:.0f} vs {2 * encode['config']['settings']['per_device_train_batch_size']}")
-        rows.append([f"encode: CPU time per step, MMR1Trainer (each image encoded once) / TRL GRPOTrainer, G={g} "
-                     f"({r['prompts_per_step']} prompts x {g})", f"≤ {target:.2f} at G=8, falling with G" if g == 8
-                     else "falling with G", f"{_spread(r['cpu_ratio'])}; wall step_time {_spread(r['ratio'])}; {work}",
-                     _met(encode["results"]["meets_target"]) if g == 8 else "—", _load(encode), _when(encode)])
+        label = (f"encode: CPU time per step, MMR1Trainer (each image encoded once) / TRL GRPOTrainer, G={g} "
+                 f"({r['prompts_per_step']} prompts x {g})")
+        measured = (f"{_spread(r['cpu_ratio'])}; wall step_time {_spread(r['ratio'])}; images encoded "
+                    f"{v['encoded']:.0f} vs TRL's {v['encoded_by_trl']:.0f}, preprocessed {v['preprocessed']:.0f} "
+                    f"vs {trl_preprocessed}")
+        at_g8 = g == 8
+        rows.append([label, f"≤ {target:.2f} at G=8, falling with G" if at_g8 else "falling with G", measured,
+                     _met(encode["results"]["meets_target"]) if at_g8 else "—", _load(encode), _when(encode)])
     return rows
 
 

@@ -14,7 +14,8 @@ It overrides as little as possible (design decision 1); each override says what 
   once per forward pass, `encode_images_once`).
 
 With every MMR1 option neutral (`kl_approximator="k3"`, no entropy term, `reward_scale=1`, constant temperature,
-random order) the loss and gradients are exactly TRL's: the k3 path is TRL's own code.
+random order, `encode_images_once=False`) the loss and gradients are exactly TRL's: the k3 path is TRL's own code;
+with `encode_images_once` on (the default) they equal TRL's to float rounding.
 """
 
 import contextlib

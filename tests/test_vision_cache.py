@@ -1,79 +1,26 @@
-"""Each image preprocessed once per step and encoded once per forward pass (`mmr1kit.vision_cache`): the outputs are
-the image processor's and the model's own, training follows TRL's path to 1e-6, and the counts say what was shared.
+"""Each image encoded once per forward pass (`mmr1kit.vision_cache`): the outputs are the model's own, training follows
+TRL's path to 1e-6, and the counts say what was shared (preprocessing: `tests/test_preprocess_cache.py`).
 
 Runs in both tested environments: `make test` (transformers 5.23) and `make test-vllm` (`.venv-vllm`, 5.17).
 """
 
 from collections import Counter
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-from trl.data_utils import apply_chat_template, prepare_multimodal_messages
+from test_families import SIZE  # the family matrix's model sizes (shared cache)
+from test_preprocess_cache import check_preprocessing, processor_calls, rows  # the same rows, and their check
 
 from mmr1kit.config import MMR1Config
 from mmr1kit.data import load_dataset
 from mmr1kit.families import FAMILIES
 from mmr1kit.models import load_policy, load_processor, tiny_vlm
 from mmr1kit.trainer import MMR1Trainer
-from mmr1kit.vision_cache import PreprocessCache, feature_module, same_output, shared_image_features
+from mmr1kit.vision_cache import feature_module, shared_image_features
 
-SIZE = dict(hidden_size=64, vision_hidden_size=32)  # as tests/conftest.py and test_families.py: one shared cache
 # Families whose image processor pads each row's images into one `(rows, images, C, H, W)` tensor: neither cache
 # recognises that layout, so their images take TRL's path (counted as fallback).
 PER_ROW_LAYOUT = {"idefics3", "smolvlm"}
-
-
-def picture(seed, size=(56, 56)):
-    return Image.fromarray((np.random.RandomState(seed).rand(size[1], size[0], 3) * 255).astype("uint8"))
-
-
-def rows():
-    """Four rows, as TRL hands them to the processor: two copies of one image (distinct objects, as the dataloader
-    decodes them), a row whose image no other row has, and a row of two images, one of them shared: 5 images, 3
-    distinct, 1 row sharing nothing."""
-    return [[picture(0)], [picture(0)], [picture(1)], [picture(0), picture(2, (70, 56))]]
-
-
-def processor_calls(processor, images):
-    """TRL's two processor calls on `images`: `_tokenize_prompts`' chat template and the forward passes' call."""
-    prompts = [prepare_multimodal_messages([{"role": "user", "content": "How many?"}], images=r) for r in images]
-    first = processor.apply_chat_template(conversation=prompts, add_generation_prompt=True, tokenize=True,
-                                          return_dict=True)
-    texts = [apply_chat_template({"prompt": p}, processor)["prompt"] for p in prompts]
-    return first, processor(images=images, text=texts, padding=True, return_tensors="pt")
-
-
-def check_preprocessing(path, monkeypatch, cached: bool):
-    processor = load_processor(path)
-    plain = processor_calls(processor, rows())
-    real = type(processor.image_processor).preprocess
-    seen = []  # images the real image processor handles
-
-    def counting(self, images, *args, **kwargs):
-        seen.append(sum(len(x) if isinstance(x, list) else 1 for x in images))
-        return real(self, images, *args, **kwargs)
-
-    monkeypatch.setattr(type(processor.image_processor), "preprocess", counting)
-    cache = PreprocessCache()
-    for step in range(3):  # a generation batch each, with fresh image objects
-        seen.clear()
-        with cache.active(processor):
-            got = processor_calls(processor, rows())
-        assert all(same_output(dict(a), dict(b)) for a, b in zip(got, plain))  # exactly the processor's output
-        stats = dict(cache.stats)
-        cache.stats.clear()
-        assert stats["images"] == 10 and stats["unshared_rows"] == 1
-        # the first call of each form runs as given (it teaches and checks the layout); then 3 distinct images
-        expected = 10 if step == 0 or not cached else 3
-        assert stats["preprocessed"] == sum(seen) == expected, (step, stats, seen)
-    assert "preprocess" not in vars(processor.image_processor)  # nothing left behind
-
-
-@pytest.mark.parametrize("fixture", ["qwen_path", "llava_path"])
-def test_each_distinct_image_is_preprocessed_once_and_the_output_is_the_processors(fixture, request, monkeypatch):
-    check_preprocessing(request.getfixturevalue(fixture), monkeypatch, cached=True)
 
 
 def forward(model, batches, share: bool, weights: torch.Tensor):
@@ -145,9 +92,9 @@ def test_every_family_is_exact_shared_or_counted_as_fallback(arch, monkeypatch):
         pytest.skip(f"{arch} cannot be built here: {e}")
     check_preprocessing(path, monkeypatch, cached=arch not in PER_ROW_LAYOUT)
     stats = check_forward(path)
-    expected = Counter(images=4, encoded=4, fallback_images=4) if arch in PER_ROW_LAYOUT else Counter(images=5,
-                                                                                                      encoded=3)
-    assert stats == expected  # Idefics3 counts one (C, H, W) entry per row: 4
+    # per-row layouts: one call of 4 rows, all taken TRL's way; the others: 5 images, 3 distinct
+    expected = Counter(images=4, encoded=4, fallback_images=4) if arch in PER_ROW_LAYOUT else Counter(images=5, encoded=3)
+    assert stats == expected
 
 
 # --- training against TRL's path ----------------------------------------------------------------------------------
@@ -174,13 +121,12 @@ class Spy(MMR1Trainer):
 def trainer(path, data_dir, run_dir, group, once, freeze=False, steps=3):
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    config = MMR1Config.from_dict(dict(
-        run_dir=str(run_dir), max_steps=steps, learning_rate=1e-2, warmup_steps=0, per_device_train_batch_size=2 * group,
-        num_generations=group, max_completion_length=4, save_strategy="no", beta=0.04, exact_kl_every=1, seed=0,
-        encode_images_once=once))
-    t = Spy(model=str(path), reward_funcs=[length_reward], args=config, train_dataset=load_dataset(data_dir, "train",
-                                                                                                   config),
-            record=False)
+    config = MMR1Config.from_dict({
+        "run_dir": str(run_dir), "max_steps": steps, "learning_rate": 1e-2, "warmup_steps": 0, "seed": 0,
+        "per_device_train_batch_size": 2 * group, "num_generations": group, "max_completion_length": 4,
+        "save_strategy": "no", "beta": 0.04, "exact_kl_every": 1, "encode_images_once": once})
+    dataset = load_dataset(data_dir, "train", config)
+    t = Spy(model=str(path), reward_funcs=[length_reward], args=config, train_dataset=dataset, record=False)
     t.remove_callback(ProgressCallback)
     t.remove_callback(PrinterCallback)
     t.passes, t.completions = [], []
