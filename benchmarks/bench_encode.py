@@ -3,7 +3,7 @@
 
 Usage:
     python -m benchmarks.bench_encode            # 10 interleaved rounds at each G, about 2 min
-    python -m benchmarks.bench_encode --quick    # seconds: the smaller tiny model, 1 round (tests)
+    python -m benchmarks.bench_encode --quick    # seconds: the smaller tiny model, 16 completions, 1 round (tests)
 
 The step is the demo's (configs/demo.yaml: 64 completions per step, up to 12 new tokens, `loss_type="dapo"`,
 `beta=0.04` so that the reference pass runs) on the random-init tiny Qwen2.5-VL (every completion full length), with
@@ -35,7 +35,7 @@ NAME = "encode"
 COMPLETIONS = 64  # the demo's per_device_train_batch_size
 GROUPS = (4, 8, 16)
 NEUTRAL = {"kl_approximator": "k3", "use_kl": True, "exact_kl_every": 0}
-QUICK = {"max_completion_length": 4}
+QUICK = {"max_completion_length": 4, "per_device_train_batch_size": 16}
 TARGET_G8 = 0.8
 
 
@@ -83,7 +83,7 @@ def measure_group(args, group, build_one, load) -> dict:
     rounds = []
     for r in range(args.warmup + args.rounds):
         order = ("trl", "once") if r % 2 == 0 else ("once", "trl")
-        row, load_now = {"round": r, "load_1min": load.sample()}, None
+        row = {"round": r, "load_1min": load.sample()}
         for variant in order:
             trainer, clock = trainers[variant]
             done = len(clock.cpu)
@@ -92,12 +92,13 @@ def measure_group(args, group, build_one, load) -> dict:
                             "step_time_s": common.logged(trainer, "step_time")[-1]}
         rounds.append(row)
         print(f"[encode] G={group} round {r}: CPU trl {row['trl']['cpu_step_s']:.3f} s, once "
-              f"{row['once']['cpu_step_s']:.3f} s (load {row['load_1min']}){load_now or ''}", flush=True)
+              f"{row['once']['cpu_step_s']:.3f} s (load {row['load_1min']})", flush=True)
     measured = rounds[args.warmup:]
     once = trainers["once"][0]
     counts = {k: common.logged(once, f"vision/{k}")[-1]
               for k in ("preprocessed", "encoded", "encoded_by_trl", "fallback_images", "unshared_rows")}
-    out = {"rounds": rounds, "vision": counts, "prompts_per_step": COMPLETIONS // group}
+    completions = trainers["once"][0].args.per_device_train_batch_size
+    out = {"rounds": rounds, "vision": counts, "prompts_per_step": completions // group}
     for name, key in (("cpu_ratio", "cpu_step_s"), ("ratio", "step_time_s"), ("wall_ratio", "wall_step_s")):
         out[name] = common.summarize([row["once"][key] / row["trl"][key] for row in measured])
     for variant in ("trl", "once"):

@@ -60,18 +60,19 @@ def test_encode_compares_each_group_size_with_trl_in_interleaved_rounds(tmp_path
     report = bench_encode.main(["--quick", "--out", str(tmp_path / "encode.json")])
     check_common(report, "encode")
     config, results = report["config"], report["results"]
-    assert config["groups"] == [4, 8] and config["settings"]["per_device_train_batch_size"] == 64
+    n = config["settings"]["per_device_train_batch_size"]
+    assert config["groups"] == [4, 8] and n == 16
     for g in config["groups"]:
         r = results[str(g)]
-        assert r["prompts_per_step"] == 64 // g and len(r["rounds"]) == config["warmup"] + config["rounds"]
+        assert r["prompts_per_step"] == n // g and len(r["rounds"]) == config["warmup"] + config["rounds"]
         for key in ("cpu_ratio", "ratio", "wall_ratio", "trl_cpu_step_s", "once_cpu_step_s"):
             check_summary(r[key], config["rounds"])
         v = r["vision"]  # MMR1Trainer's last step: each distinct image once per pass (prefill, reference, loss)
-        assert v["encoded"] == 3 * 64 // g and v["encoded_by_trl"] == 3 * 64 and v["fallback_images"] == 0
+        assert v["encoded"] == 3 * n // g and v["encoded_by_trl"] == 3 * n and v["fallback_images"] == 0
     assert isinstance(results["meets_target"], bool)
     rows = [row for row in run_all.table_rows(tmp_path) if row[0].startswith("encode:")]  # the README table's rows
     assert [("G=4" in r[0], "G=8" in r[0]) for r in rows] == [(True, False), (False, True)]
-    assert "images encoded 24 vs TRL's 192" in rows[1][2] and rows[1][3] in ("✅ met", "❌ missed")
+    assert "images encoded 6 vs TRL's 48, preprocessed 2 vs 32" in rows[1][2] and rows[1][3] in ("✅ met", "❌ missed")
 
 
 @pytest.mark.slow
