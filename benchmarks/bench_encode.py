@@ -29,7 +29,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: python benchmarks/bench_encode.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import common
-from benchmarks.bench_overhead import RECORDING, trl_config
+from benchmarks.bench_overhead import RECORDING, build_trainer
 
 NAME = "encode"
 COMPLETIONS = 64  # the demo's per_device_train_batch_size
@@ -53,28 +53,14 @@ def parse_args(argv=None):
 
 def build(variant, group, model_path, data_path, settings, seed, workdir):
     """`(trainer, StepClock)` for `variant` ("trl" or "once") at group size `group`."""
-    from trl import GRPOTrainer
-
     from mmr1kit.config import MMR1Config
-    from mmr1kit.data import load_dataset
-    from mmr1kit.models import load_processor
-    from mmr1kit.rewards import get_reward_funcs
     from mmr1kit.trainer import MMR1Trainer
 
     run_dir = tempfile.mkdtemp(prefix=f"{variant}-{group}-", dir=workdir)
     config = MMR1Config.from_dict({**settings, **NEUTRAL, "num_generations": group, "max_steps": 1, "seed": seed,
                                    "model_name_or_path": str(model_path), "run_dir": run_dir})
-    dataset = load_dataset(data_path, "train", config)
-    clock, reward_funcs = common.StepClock(), get_reward_funcs(config.reward_funcs)
-    if variant == "trl":
-        trl_args, _ = trl_config(config, f"{run_dir}/checkpoints")
-        processor = load_processor(model_path, config.min_pixels, config.max_pixels)
-        trainer = GRPOTrainer(model=str(model_path), reward_funcs=reward_funcs, args=trl_args, train_dataset=dataset,
-                              processing_class=processor, callbacks=[clock])
-    else:
-        trainer = MMR1Trainer(model=str(model_path), reward_funcs=reward_funcs, args=config, train_dataset=dataset,
-                              record=False, callbacks=[clock])
-    return common.silence(trainer), clock
+    trainer, clock, _ = build_trainer(config, data_path, None if variant == "trl" else MMR1Trainer)
+    return trainer, clock
 
 
 def measure_group(args, group, build_one, load) -> dict:
@@ -110,8 +96,7 @@ def main(argv=None):
     args = parse_args(argv)
     common.setup_torch(args.threads)
     started = time.time()
-    model_path = common.tiny_model(args.quick)
-    data_path = common.counting_data(64) if args.quick else common.counting_data(512)
+    model_path, data_path = common.step_inputs(args.quick)
     settings = {**common.demo_grpo_settings(), **RECORDING, "per_device_train_batch_size": COMPLETIONS,
                 **(QUICK if args.quick else {})}
     load = common.LoadLog()

@@ -106,12 +106,7 @@ def trl_config(config, output_dir):
 
 def build(variant, model_path, data_path, settings, steps, seed, workdir, trainer_class):
     """A fresh trainer of `variant` for `steps` steps, its `StepClock`, and (for TRL) its config differences."""
-    from trl import GRPOTrainer
-
     from mmr1kit.config import MMR1Config
-    from mmr1kit.data import load_dataset
-    from mmr1kit.models import load_processor
-    from mmr1kit.rewards import get_reward_funcs
 
     overrides, record = VARIANTS[variant]
     run_dir = tempfile.mkdtemp(prefix=f"{variant}-", dir=workdir)
@@ -120,12 +115,25 @@ def build(variant, model_path, data_path, settings, steps, seed, workdir, traine
     config = MMR1Config.from_dict({**settings, "encode_images_once": False, **(overrides or NEUTRAL),
                                    "max_steps": steps, "seed": seed, "model_name_or_path": str(model_path),
                                    "run_dir": run_dir})
+    return build_trainer(config, data_path, None if variant == "trl" else trainer_class, record)
+
+
+def build_trainer(config, data_path, trainer_class=None, record=False):
+    """`(trainer, StepClock, TRL config differences)` for `config` on `data_path`: plain `trl.GRPOTrainer` on the
+    config's TRL fields when `trainer_class` is `None` (differences: `trl_config`'s), else `trainer_class` (None)."""
+    from trl import GRPOTrainer
+
+    from mmr1kit.data import load_dataset
+    from mmr1kit.models import load_processor
+    from mmr1kit.rewards import get_reward_funcs
+
+    model_path = config.model_name_or_path
     dataset = load_dataset(data_path, "train", config)
     clock = common.StepClock()
     reward_funcs = get_reward_funcs(config.reward_funcs)
     differences = None
-    if variant == "trl":
-        trl_args, differences = trl_config(config, f"{run_dir}/checkpoints")
+    if trainer_class is None:
+        trl_args, differences = trl_config(config, f"{config.run_dir}/checkpoints")
         processor = load_processor(model_path, config.min_pixels, config.max_pixels)
         trainer = GRPOTrainer(model=str(model_path), reward_funcs=reward_funcs, args=trl_args, train_dataset=dataset,
                               processing_class=processor, callbacks=[clock])
@@ -204,8 +212,7 @@ def main(argv=None):
     args = parse_args(argv)
     common.setup_torch(args.threads)
     started = time.time()
-    model_path = common.tiny_model(args.quick)
-    data_path = common.counting_data(64) if args.quick else common.counting_data(512)
+    model_path, data_path = common.step_inputs(args.quick)
     # The demo's GRPO settings (configs/demo.yaml) on a random-init policy, so every completion is full length.
     settings = {**common.demo_grpo_settings(), **RECORDING, **(QUICK if args.quick else {})}
     trainer_class = common.load_trainer_class(args.trainer)
