@@ -178,9 +178,12 @@ class _Pass:
         return_dict = getattr(self.module.config, "return_dict", True) if return_dict is None else return_dict
         if self.dropout is None:
             self.dropout = dropout_active(self.module)
-        if not images or tensors or not return_dict or self.dropout:
+        # pixels that need a gradient of their own (each copy its own), or dropout (each copy its own draw)
+        if not images or tensors or not return_dict or self.dropout or pixel_values.requires_grad:
             return self.plain(n, args, kwargs)
-        keys = fingerprints(images)
+        options = repr(sorted((k, v) for k, v in arguments.items() if k not in ("pixel_values", "image_grid_thw")))
+        grids = grid.tolist() if grid is not None else [None] * n
+        keys = [(options, tuple(g or ()), fp) for g, fp in zip(grids, fingerprints(images))]  # features: f(all three)
         slots, new = [], []  # per image: the entry holding its features; the images to encode
         for i, key in enumerate(keys):
             entry = next((e for e in self.seen.get(key, []) if torch.equal(e[0], images[i])), None)

@@ -67,11 +67,17 @@ def test_shared_features_give_the_models_logits_and_gradients(fixture, chunks, r
     assert stats == Counter(images=5, encoded=3)
 
 
-def test_a_vision_tower_with_dropout_takes_trls_path_in_training(qwen_path):
-    # each copy would need its own dropout draw: detected from the vision config, counted, and still exact
+def test_calls_needing_a_draw_or_a_gradient_per_copy_take_trls_path(qwen_path):
     processor, model = load_processor(qwen_path), load_policy(qwen_path, dtype=torch.float32)
-    model.config.vision_config.attention_dropout = 0.1  # read by the check only: the tower's own draws stay off
     batch = processor_calls(processor, rows())[1]
+    # pixels with a gradient of their own: each copy gets its own, as on TRL's path
+    pixels = batch["pixel_values"].clone().requires_grad_()
+    stats = Counter()
+    with shared_image_features(model, stats):
+        model(**{**batch, "pixel_values": pixels}).logits.sum().backward()
+    assert stats == Counter(images=5, encoded=5, fallback_images=5) and pixels.grad.abs().sum() > 0
+    # dropout in the vision tower: each copy would need its own draw (detected from the vision config)
+    model.config.vision_config.attention_dropout = 0.1  # read by the check only: the tower's own draws stay off
     for training, expected in ((True, Counter(images=5, encoded=5, fallback_images=5)),
                                (False, Counter(images=5, encoded=3))):
         model.train(training)
@@ -79,7 +85,7 @@ def test_a_vision_tower_with_dropout_takes_trls_path_in_training(qwen_path):
         with torch.no_grad(), shared_image_features(model, stats):
             logits = model(**batch).logits
         with torch.no_grad():
-            assert torch.equal(logits, model(**batch).logits)
+            torch.testing.assert_close(logits, model(**batch).logits, rtol=1e-5, atol=1e-5)
         assert stats == expected
 
 
