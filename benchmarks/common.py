@@ -234,6 +234,12 @@ def tiny_model(quick: bool) -> Path:
     return tiny_vlm(hidden_size=64, vision_hidden_size=32) if quick else tiny_vlm()
 
 
+def step_inputs(quick: bool) -> tuple[Path, Path]:
+    """The model and data of the step-time benchmarks (`bench_overhead`, `bench_encode`): the demo's tiny Qwen2.5-VL
+    at random init (every completion full length) and 512 counting rows; smaller ones for `--quick`."""
+    return tiny_model(quick), counting_data(64) if quick else counting_data(512)
+
+
 def counting_data(n_train: int, n_test: int = 0, seed: int = 0) -> Path:
     """A synthetic counting set in MMR1 JSON format (`train.json`, `test.json` + PNGs), written once into the cache."""
     from mmr1kit.data.synthetic import write_dataset

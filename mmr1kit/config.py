@@ -94,6 +94,12 @@ class MMR1Config(GRPOConfig):
     rollout_check_threshold: float = field(
         default=0.05, metadata={"help": "Warn when the mean per-token log-prob difference exceeds this (nats)."}
     )
+    # Repeated image work (mmr1kit.vision_cache)
+    encode_images_once: bool = field(
+        default=True,
+        metadata={"help": "Preprocess each distinct image once per step and encode it once per forward pass, shared "
+                          "by the completions of its group (exact); False: TRL's path, once per completion."},
+    )
     # LoRA (TRL ModelConfig names); the reference is then the policy with its adapters disabled
     use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})

@@ -24,7 +24,10 @@ from pathlib import Path
 RECORD = ("config.json", "manifest.json", "metrics.jsonl", "rollouts.jsonl", "checkpoints.json", "summary.json",
           "checkpoints", "final")
 # Fields that say where a run is or how it starts, not what it trains: never a conflict on resume.
-NOT_COMPARED = ("run_dir", "output_dir", "logging_dir", "resume_from_checkpoint", "overwrite_run_dir", "allow_changes")
+# Fields a resume may change freely: where things go, and what changes no result (the image caches change numbers
+# only by float rounding; the trackers only watch)
+NOT_COMPARED = ("run_dir", "output_dir", "logging_dir", "resume_from_checkpoint", "overwrite_run_dir", "allow_changes",
+                "encode_images_once", "report_to", "tracker_rollouts_every", "tracker_rollouts_max_rows")
 OWN = ("dataset",)  # normalised by mmr1kit.config_checks (made absolute when it names a file of the checkout)
 TRUE = ("true", "yes", "1", "latest")
 FALSE = ("", "false", "no", "0", "none")

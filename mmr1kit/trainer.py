@@ -12,10 +12,13 @@ It overrides as little as possible (design decision 1); each override says what 
 - a callback sets the step's sampling temperature everywhere TRL uses it;
 - `report_to`'s trackers get the run record's names and steps, and throttled rollout tables (`mmr1kit.trackers`);
 - hooks into `mmr1kit.sampling` (no vision token sampled; vLLM's importance ratio on one distribution) and, on vLLM's
-  CPU platform, `mmr1kit.vllm_sync` (the weight sync through `reload_weights`).
+  CPU platform, `mmr1kit.vllm_sync` (the weight sync through `reload_weights`);
+- mixins: `mmr1kit.video` (video rows) and `mmr1kit.vision_cache` (each image preprocessed once per step and encoded
+  once per forward pass, `encode_images_once`).
 
 With every MMR1 option neutral (`kl_approximator="k3"`, no entropy term, `reward_scale=1`, constant temperature,
-random order) the loss and gradients are exactly TRL's: the k3 path is TRL's own code.
+random order, `encode_images_once=False`) the loss and gradients are exactly TRL's: the k3 path is TRL's own code;
+with `encode_images_once` on (the default) they equal TRL's to float rounding.
 """
 
 import contextlib
@@ -39,6 +42,7 @@ from mmr1kit.scale import feed_vllm_unexpanded_images, rollout_check
 from mmr1kit.schedules import temperature_at
 from mmr1kit.trackers import use_trackers
 from mmr1kit.video import VideoTrainerMixin
+from mmr1kit.vision_cache import VisionCacheMixin
 from mmr1kit.vllm_sync import use_cpu_weight_sync
 
 # Multimodal inputs TRL passes to the policy forward (see GRPOTrainer._compute_loss).
@@ -150,7 +154,7 @@ class RunRecordCallback(TrainerCallback):
             self.recorder.log_metrics(state.global_step, logs)
 
 
-class MMR1Trainer(VideoTrainerMixin, GRPOTrainer):
+class MMR1Trainer(VisionCacheMixin, VideoTrainerMixin, GRPOTrainer):
     """`trl.GRPOTrainer` with MMR1's options, configured by an `MMR1Config`.
 
     Args:

@@ -193,6 +193,8 @@ def test_training_steps_keep_the_ratio_near_one_and_sync_weights_into_vllm(train
     for h in history:
         assert 0.5 <= h["sampling/importance_sampling_ratio/mean"] <= 2.0, h
         assert h["sampling/sampling_logp_difference/mean"] <= 0.05 and h["rollout/logp_diff_mean"] <= 0.05, h
+        # vLLM generates; the trainer's passes (old log-probs, loss) encode each image once for its group of 4
+        assert h["vision/encoded"] * 4 == h["vision/encoded_by_trl"] > 0 and h["vision/fallback_images"] == 0, h
     # the engine holds the weights of the last sync (before step 2's update); TRL syncs at the next generation
     stale_gap, n = engine_weight_gap(trainer)
     _, stale = rollout(trainer, sync=False)

@@ -46,8 +46,23 @@ def trackio_rows(store, project: str, run: str) -> list[tuple[int, dict]]:
     return [(step, json.loads(metrics)) for step, metrics in rows]
 
 
-def wandb_records(run_folder) -> list:
-    """Every `Record` of the offline run folder's `run-<id>.wandb` file, in order."""
+def wandb_records(run_folder, timeout: float = 30.0) -> list:
+    """Every `Record` of the offline run folder's `run-<id>.wandb` file, in order, once the file is complete.
+
+    wandb 0.31's writer is its own process (wandb-core): `wandb.finish()` can return before it has flushed the file,
+    so the file is read again until it holds the run's `exit` record (or `timeout` seconds have passed).
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        records = _wandb_file_records(run_folder)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def _wandb_file_records(run_folder) -> list:
     from wandb.proto import wandb_internal_pb2
 
     (path,) = Path(run_folder).glob("run-*.wandb")
