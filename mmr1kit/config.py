@@ -74,6 +74,11 @@ class MMR1Config(GRPOConfig):
     allow_changes: list[str] = field(
         default_factory=list, metadata={"help": "On resume: fields that may differ from the run's config.json."}
     )
+    capsule_every: int = field(
+        default=0,
+        metadata={"help": "Keep one step's batch, weights and optimizer state every N steps and at the last step, "
+                          "for `mmr1kit replay` (0: never; mmr1kit.capsules)."},
+    )
 
     # MMR1: KL
     use_kl: bool = field(default=True, metadata={"help": "Add beta * KL to the loss (KL is logged either way)."})

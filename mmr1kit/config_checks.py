@@ -39,7 +39,7 @@ RANGES = {
                      "vllm_tensor_parallel_size", "max_prompt_length"), _GE1),
     **dict.fromkeys(("weight_decay", "warmup_steps", "max_grad_norm", "seed", "data_seed", "dataloader_num_workers",
                      "top_k", "epsilon", "epsilon_high", "beta", "max_nonfinite_steps", "exact_kl_every",
-                     "rollout_check_every", "label_smoothing_factor"), _GE0),
+                     "rollout_check_every", "label_smoothing_factor", "capsule_every"), _GE0),
     "max_steps": (lambda v: v == -1 or v >= 1, "must be >= 1 (or -1: num_train_epochs decides)"),
     "top_p": (lambda v: 0 < v <= 1, "a probability mass: must be in (0, 1]"),
     "min_p": (lambda v: 0 <= v <= 1, "a probability: must be in [0, 1]"),

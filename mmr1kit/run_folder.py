@@ -22,7 +22,7 @@ from pathlib import Path
 
 # What a run writes (mmr1kit.runs); an executed notebook, its HTML report or a warm start alone are not a run record.
 RECORD = ("config.json", "manifest.json", "metrics.jsonl", "rollouts.jsonl", "checkpoints.json", "summary.json",
-          "checkpoints", "final")
+          "checkpoints", "final", "capsules")
 # Fields that say where a run is or how it starts, not what it trains: never a conflict on resume.
 NOT_COMPARED = ("run_dir", "output_dir", "logging_dir", "resume_from_checkpoint", "overwrite_run_dir", "allow_changes")
 OWN = ("dataset",)  # normalised by mmr1kit.config_checks (made absolute when it names a file of the checkout)
