@@ -226,7 +226,7 @@ def pack_pixels(mb: dict) -> dict:
         index.append(blocks.setdefault(key, len(blocks)))
     del tensors["pixel_values"]
     tensors["pixel_values.rows"] = torch.tensor(index)
-    for (_, _), j in blocks.items():
+    for j in blocks.values():
         tensors[f"pixel_values.{j}"] = split[index.index(j)].contiguous()
     return tensors
 

@@ -34,7 +34,6 @@ load; a step without a capsule lists the steps that have one.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import tempfile
 from dataclasses import dataclass, field
@@ -44,7 +43,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmr1kit.capsules import capsule_dir, capsule_steps, load_optimizer_state, read_capsule
+from mmr1kit.capsules import capsule_steps
+from mmr1kit.replay_steps import Lab, pad
 
 # MMR1Config fields that only change how the loss and the optimizer step treat a fixed batch.
 OBJECTIVE_FIELDS = (
@@ -55,11 +55,6 @@ OBJECTIVE_FIELDS = (
     "vllm_importance_sampling_correction", "learning_rate", "max_grad_norm", "weight_decay", "adam_beta1",
     "adam_beta2", "adam_epsilon",
 )
-# Multimodal inputs of TRL's `_get_per_token_logps_and_entropies` (as `GRPOTrainer._compute_loss` passes them).
-FORWARD_KEYS = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
-                "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
-
-
 @dataclass
 class Variant:
     """One point of the grid: its label, the grid values, the checked config, whether it is the run's own."""
@@ -87,6 +82,18 @@ class ReplayResult:
     advantages: np.ndarray  # (N,)
     rewards: np.ndarray  # (N,) weighted sum of the reward functions
     info: dict = field(default_factory=dict)  # capsule facts: lr, temperature, sizes, logged loss / grad norm
+
+    def estimator_table(self) -> pd.DataFrame:
+        """Per estimator (k1, k2, k3, exact): its mean over the completion tokens, the exact KL's, the bias (mean of
+        estimator - exact) and the spread (standard deviation of estimator - exact)."""
+        mask = self.mask > 0
+        exact = self.estimators["exact"][mask]
+        rows = []
+        for name, values in self.estimators.items():
+            diff = values[mask] - exact
+            rows.append({"estimator": name, "mean": float(values[mask].mean()), "exact_mean": float(exact.mean()),
+                         "bias": float(diff.mean()), "spread": float(diff.std())})
+        return pd.DataFrame(rows)
 
     def save(self, folder) -> Path:
         """Write `replay.json` (every table and array, lists of floats) into `folder`; return its path."""
@@ -159,6 +166,14 @@ def variants(run_dir, grid: dict | None = None, workdir=None) -> list[Variant]:
     fixed = {"run_dir": workdir, "output_dir": workdir, "report_to": "none", "resume_from_checkpoint": None,
              "overwrite_run_dir": False, "allow_changes": [], "use_vllm": False, "push_to_hub": False}
     run = config_from_record(MMR1Config, recorded, fixed)
+    for name, values in grid.items():  # each value alone first: one line per bad value, not per combination
+        for value in values:
+            try:
+                config_from_record(MMR1Config, recorded, {**fixed, name: value})
+            except ValueError as e:
+                errors += [f"replay --grid {name}={value}: {line}" for line in str(e).splitlines()]
+    if errors:
+        raise ValueError("\n".join(dict.fromkeys(errors)))
     out = []
     for point in itertools.product(*grid.values()):
         values = dict(zip(grid, point))
@@ -175,142 +190,6 @@ def variants(run_dir, grid: dict | None = None, workdir=None) -> list[Variant]:
     if not any(v.is_run for v in out):
         out.insert(0, Variant("run", {}, run, True))
     return out
-
-
-# --- per-variant computation --------------------------------------------------------------------------------------
-
-
-def _trainer(record: dict, config, problems: list[str]):
-    """A real `MMR1Trainer` for `config`, no record, with the capsule's weights."""
-    from datasets import Dataset
-    from safetensors.torch import load_model
-
-    from mmr1kit.trainer import MMR1Trainer
-
-    # TRL requires a training set; replay never samples from it (its rows are the capsule's questions).
-    rows = Dataset.from_dict({"prompt": [[{"role": "user", "content": p or ""}] for p in problems]})
-    trainer = MMR1Trainer(model=record["model"], args=config, train_dataset=rows, record=False)
-    load_model(trainer.accelerator.unwrap_model(trainer.model), str(record["folder"] / "model.safetensors"))
-    trainer.use_vllm = record.get("use_vllm", False)  # the run's vLLM importance ratio is in the batch
-    trainer.state.global_step = record["step"] - 1
-    trainer.current_gradient_accumulation_steps = record["gradient_accumulation_steps"]
-    trainer.set_temperature(record["temperature"])
-    trainer.model.train()
-    return trainer
-
-
-def _logp_probe(trainer) -> list:
-    """Retain the gradient of the loss's own per-token log-probs `(B, T)` (the policy pass, with entropies)."""
-    seen = []
-    original = trainer._get_per_token_logps_and_entropies
-
-    def probe(*args, compute_entropy=False, **kwargs):
-        out = original(*args, compute_entropy=compute_entropy, **kwargs)
-        if compute_entropy and out[0].requires_grad:
-            out[0].retain_grad()
-            seen.append(out[0])
-        return out
-
-    trainer._get_per_token_logps_and_entropies = probe
-    return seen
-
-
-def _restore_rng(batch: dict) -> None:
-    torch.set_rng_state(batch["rng_cpu"])
-    if "rng_cuda" in batch and torch.cuda.is_available():
-        torch.cuda.set_rng_state(batch["rng_cuda"])
-
-
-def _on(batch: dict, device) -> dict:
-    return {k: (v.to(device) if torch.is_tensor(v) and not k.startswith("rng_") else v) for k, v in batch.items()}
-
-
-def _loss_and_gradient(trainer, batches):
-    """Run the trainer's `_compute_loss` on every micro-batch; return loss, grad norm, flat gradient, weights."""
-    model = trainer.model
-    model.zero_grad(set_to_none=True)
-    seen = _logp_probe(trainer)
-    total = 0.0
-    for batch in batches:
-        _restore_rng(batch)
-        loss = trainer._compute_loss(model, batch)
-        loss.backward()
-        total += loss.detach().item()
-    del trainer._get_per_token_logps_and_entropies  # the class's method again
-    weights = [(t.grad if t.grad is not None else torch.zeros_like(t)).detach() * b["completion_mask"]
-               for t, b in zip(seen, batches)]
-    params = list(model.parameters())
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float().cpu()
-                      for p in params])
-    max_norm = trainer.args.max_grad_norm if trainer.args.max_grad_norm > 0 else float("inf")
-    norm = trainer.accelerator.clip_grad_norm_(params, max_norm)  # as Trainer._clip_grad_norm: the pre-clip norm
-    return total, float(norm), flat, weights
-
-
-def _optimizer_step(trainer, record: dict, lr_scale: float) -> list[float]:
-    """One step of the run's optimizer from its state before step N, with the variant's settings."""
-    optimizer = trainer.create_optimizer()
-    if type(optimizer).__name__ != record["optimizer"]["class"]:
-        raise ValueError(f"replay: the variant's optimizer is {type(optimizer).__name__}, the run's was "
-                         f"{record['optimizer']['class']}")
-    fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    optimizer.load_state_dict(load_optimizer_state(record["folder"], record))
-    lrs = [lr * lr_scale for lr in record["learning_rates"]]
-    for group, settings, lr in zip(optimizer.param_groups, fresh, lrs):
-        group.update(settings)  # the variant's betas / eps / weight decay; the moments stay the run's
-        group["lr"] = lr
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return lrs
-
-
-@torch.no_grad()
-def _measure(trainer, reference, batches, ref_cache: dict) -> list[dict]:
-    """Per micro-batch `(B, T)` log-probs, entropies and exact KL to `reference`, at the trainer's current weights."""
-    from mmr1kit import kl
-
-    out = []
-    for i, batch in enumerate(batches):
-        ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
-        mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
-        T = batch["completion_ids"].size(1)
-        forward = {k: batch.get(k) for k in FORWARD_KEYS}
-        logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
-            trainer.model, ids, mask, T, compute_entropy=True, **forward)
-        trainer._policy_pass = None
-        if i not in ref_cache:
-            ref_cache[i] = trainer._completion_hidden(reference, batch)
-        hidden, head = trainer._completion_hidden(trainer.model, batch)
-        ref_hidden, ref_head = ref_cache[i]
-        exact, _ = kl.exact_from_hidden(hidden, head, ref_hidden, ref_head, temperature=trainer.temperature)
-        out.append({"logps": logps, "entropy": entropies, "exact": exact})
-    return out
-
-
-def _reference_logps(ref_hidden, ref_head, ids, temperature) -> torch.Tensor:
-    """`(B, T)` reference log-probs of the sampled tokens from its hidden states (capsules of beta=0 runs lack them)."""
-    logits = torch.nn.functional.linear(ref_hidden.float(), ref_head.float()) / temperature
-    return logits.log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-
-
-def _pad(arrays: list[torch.Tensor], T: int) -> np.ndarray:
-    """Concatenate `(B_i, T_i)` micro-batch arrays to `(N, T)`, zero-padded on the right."""
-    return torch.cat([torch.nn.functional.pad(a.float().cpu(), (0, T - a.size(1))) for a in arrays]).numpy()
-
-
-def _stats(before, after, mask, advantages) -> dict:
-    """The one-step effect: mean per-token log-prob change of rewarded / unrewarded completions, entropy, exact KL."""
-    n = mask.sum(1).clip(min=1)
-    dlogp = ((after["logps"] - before["logps"]) * mask).sum(1) / n
-    pos, neg = advantages > 0, advantages < 0
-    total = mask.sum().clip(min=1)
-    return {
-        "dlogp_rewarded": float(dlogp[pos].mean()) if pos.any() else math.nan,
-        "dlogp_unrewarded": float(dlogp[neg].mean()) if neg.any() else math.nan,
-        "dentropy": float(((after["entropy"] - before["entropy"]) * mask).sum() / total),
-        "exact_kl_before": float((before["exact"] * mask).sum() / total),
-        "exact_kl_after": float((after["exact"] * mask).sum() / total),
-    }, dlogp
 
 
 def _logged(run_dir: Path, step: int) -> dict:
@@ -338,91 +217,99 @@ def replay(run_dir, step: int | None = None, grid: dict | None = None) -> Replay
     step = check_step(run_dir, step)
     with tempfile.TemporaryDirectory(prefix="mmr1kit-replay-") as workdir:
         points = variants(run_dir, grid, workdir)  # every value checked before any weights load
-        record, batches = read_capsule(run_dir, step)
-        record["folder"] = capsule_dir(run_dir, step)
-        record["use_vllm"] = bool(json.loads((run_dir / "config.json").read_text()).get("use_vllm"))
-        return _replay(run_dir, step, record, batches, points)
-
-
-def _replay(run_dir, step, record, batches, points) -> ReplayResult:
-    from mmr1kit.trainer import MMR1Trainer  # noqa: F401  (import cost paid once, before the first variant)
-
-    problems = [r.get("prompt_id") or "" for rows in record["rows"] for r in rows]
-    run_lr = next(p.config.learning_rate for p in points if p.is_run)
-    rows, flats, weights_by, ref_cache, before, reference = [], {}, {}, {}, None, None
-    T = max(b["completion_ids"].size(1) for b in batches)
-    mask_t = torch.cat([torch.nn.functional.pad(b["completion_mask"].float(), (0, T - b["completion_ids"].size(1)))
-                        for b in batches])
-    advantages = torch.cat([b["advantages"].reshape(b["advantages"].size(0), -1)[:, 0] for b in batches]).float()
-    per_completion = []
-    for point in points:
-        trainer = _trainer(record, point.config, problems)
-        device = trainer.accelerator.device
-        if reference is None:  # the run's reference (kept from the first trainer that has one)
-            from mmr1kit.models import load_policy
-
-            reference = trainer.ref_model
-            if reference is None:
-                dtype = next(trainer.model.parameters()).dtype
-                reference = load_policy(record["reference_model"] or record["model"], dtype=dtype).to(device).eval()
-        inputs = [_on(b, device) for b in batches]
-        for i, batch in enumerate(inputs):  # capsules of beta=0 runs: the reference's log-probs from its states
-            if "ref_per_token_logps" not in batch and trainer.beta != 0:
-                hidden, head = trainer._completion_hidden(reference, batch)
-                batch["ref_per_token_logps"] = _reference_logps(hidden, head, batch["completion_ids"],
-                                                                trainer.temperature).detach()
-        if before is None:
-            before = _measure(trainer, reference, inputs, ref_cache)
-        loss, norm, flats[point.label], weights = _loss_and_gradient(trainer, inputs)
-        weights_by[point.label] = _pad(weights, T)
-        lrs = _optimizer_step(trainer, record, point.config.learning_rate / run_lr)
-        after = _measure(trainer, reference, inputs, ref_cache)
-        cat = lambda items, key: torch.from_numpy(_pad([x[key] for x in items], T))  # noqa: E731
-        stats, dlogp = _stats({k: cat(before, k) for k in before[0]}, {k: cat(after, k) for k in after[0]},
-                              mask_t, advantages)
-        rows.append({"label": point.label, **{k: str(v) for k, v in point.values.items()}, "is_run": point.is_run,
-                     "loss": loss, "grad_norm": norm, "learning_rate": lrs[0], **stats})
-        w = torch.from_numpy(weights_by[point.label])
-        per_completion.append(pd.DataFrame({"label": point.label, "completion": range(len(advantages)),
-                                            "length": mask_t.sum(1).numpy(), "advantage": advantages.numpy(),
-                                            "weight_sum": w.sum(1).numpy(), "weight_abs_sum": w.abs().sum(1).numpy(),
-                                            "dlogp": dlogp.numpy()}))
-        del trainer
-    logged = _logged(Path(run_dir), step)
+        lab = Lab(run_dir, step)
+        run_lr = next(p.config.learning_rate for p in points if p.is_run)
+        rows, frames, flats, weights = [], [], {}, {}
+        for point in points:
+            row, frame, flats[point.label], weights[point.label] = lab.variant(point, run_lr)
+            rows.append(row)
+            frames.append(frame)
+    logged = _logged(run_dir, step)
     table = pd.DataFrame(rows)
     for key, value in logged.items():
         table[key] = [value if is_run else math.nan for is_run in table["is_run"]]
     labels = list(flats)
-    stack = torch.stack([flats[k] for k in labels])
+    stack = torch.stack([flats[k] for k in labels]).double()  # float32 sums over every weight lose 1e-5
     normed = stack / stack.norm(dim=1, keepdim=True).clamp(min=1e-30)
     cosine = pd.DataFrame((normed @ normed.T).numpy(), index=labels, columns=labels)
-    return _result(run_dir, step, record, batches, table, cosine, per_completion, weights_by, before, mask_t,
-                   advantages, logged, T)
+    return _result(lab, run_dir, step, table, cosine, pd.concat(frames, ignore_index=True), weights, logged)
 
 
-def _result(run_dir, step, record, batches, table, cosine, per_completion, weights_by, before, mask_t, advantages,
-            logged, T) -> ReplayResult:
+def replayed_weights(run_dir, step: int, values: dict | None = None) -> dict[str, torch.Tensor]:
+    """The policy's weights after step `step`'s optimizer update under the objective `values` (default: the run's
+    own, whose result is the run's own weights after that step, i.e. `checkpoint-<step>`'s)."""
+    run_dir = Path(run_dir)
+    step = check_step(run_dir, step)
+    with tempfile.TemporaryDirectory(prefix="mmr1kit-replay-") as workdir:
+        points = variants(run_dir, {k: [v] for k, v in (values or {}).items()}, workdir)
+        point = next(p for p in points if p.values or len(points) == 1)
+        run_lr = next(p.config.learning_rate for p in points if p.is_run)
+        trainer = Lab(run_dir, step).stepped(point.config, point.config.learning_rate / run_lr)[0]
+        return {k: v.detach().cpu() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()}
+
+
+def _result(lab: Lab, run_dir, step, table, cosine, completions, weights, logged) -> ReplayResult:
     from mmr1kit import kl
     from mmr1kit.models import load_processor
 
-    logps = torch.from_numpy(_pad([b["logps"] for b in before], T))
+    record, batches, T, mask = lab.record, lab.batches, lab.T, lab.mask
+    logps = torch.from_numpy(pad([b["logps"] for b in lab.before], T))
+    estimators = {}
     if all("ref_per_token_logps" in b for b in batches):
-        ref = torch.from_numpy(_pad([b["ref_per_token_logps"] for b in batches], T))
-        estimators = {k: (v * mask_t).numpy() for k, v in kl.estimate_all(logps, ref).items()}
-    else:
-        estimators = {}
-    estimators["exact"] = (torch.from_numpy(_pad([b["exact"] for b in before], T)) * mask_t).numpy()
+        ref = torch.from_numpy(pad([b["ref_per_token_logps"] for b in batches], T))
+        estimators = {k: (v * mask).numpy() for k, v in kl.estimate_all(logps, ref).items()}
+    estimators["exact"] = (torch.from_numpy(pad([b["exact"] for b in lab.before], T)) * mask).numpy()
     tokenizer = getattr(load_processor(record["model"]), "tokenizer", None)
     tokens = []
     for b in batches:
         for ids, m in zip(b["completion_ids"].tolist(), b["completion_mask"].tolist()):
             tokens.append([tokenizer.decode([t]) if tokenizer else str(t) for t, keep in zip(ids, m) if keep])
-    weights = torch.tensor(record["reward_weights"])
     rewards = torch.cat([b["capsule_rewards"] for b in batches]) if "capsule_rewards" in batches[0] else None
-    total = (rewards * weights).nansum(1).numpy() if rewards is not None else np.full(len(advantages), np.nan)
+    weighted = torch.tensor(record["reward_weights"])
+    total = (rewards * weighted).nansum(1).numpy() if rewards is not None else np.full(len(lab.advantages), np.nan)
     info = {k: record[k] for k in ("learning_rates", "temperature", "gradient_accumulation_steps", "num_processes",
                                    "model", "reward_funcs", "reward_weights", "bytes", "micro_batches")}
-    return ReplayResult(run_dir=Path(run_dir), step=step, variants=table, cosine=cosine,
-                        completions=pd.concat(per_completion, ignore_index=True), token_weights=weights_by,
-                        estimators=estimators, tokens=tokens, mask=mask_t.numpy(), advantages=advantages.numpy(),
-                        rewards=total, info={**info, **logged})
+    return ReplayResult(run_dir=Path(run_dir), step=step, variants=table, cosine=cosine, completions=completions,
+                        token_weights=weights, estimators=estimators, tokens=tokens, mask=mask.numpy(),
+                        advantages=lab.advantages.float().numpy(), rewards=total, info={**info, **logged})
+
+
+# --- command line ---------------------------------------------------------------------------------------------------
+
+SHOWN = ("loss", "grad_norm", "update_norm", "dlogp_rewarded", "dlogp_unrewarded", "dentropy", "exact_kl_after")
+
+
+def add_command(sub) -> None:
+    """Register `mmr1kit replay RUN [--step N] [--grid NAME=V1,V2]... [--out DIR]`."""
+    p = sub.add_parser("replay", help="recompute one step of a run under other objectives, on the step's own batch "
+                                      "(a run trained with capsule_every > 0)")
+    p.add_argument("run_dir", type=Path, help="the run folder")
+    p.add_argument("--step", type=int, help="a step with a capsule (default: the latest)")
+    p.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
+                   help=f"values of one objective field (repeatable; every combination is replayed, the run's own "
+                        f"config too): {', '.join(OBJECTIVE_FIELDS)}")
+    p.add_argument("--out", type=Path, help="folder for replay.json (default: RUN/replays/step-N)")
+    p.set_defaults(func=_cmd_replay)
+
+
+def _cmd_replay(args) -> int:
+    grid = parse_grid(args.grid)
+    step = check_step(args.run_dir, args.step)
+    variants(args.run_dir, grid)  # bad names and values: exit 2 before anything loads
+    result = replay(args.run_dir, step, grid)
+    table = result.variants[list(SHOWN)].copy()
+    names = [f"v{i + 1}" for i in range(len(table))]
+    table.index = [f"{n} {label}{' (run)' if own else ''}"
+                   for n, label, own in zip(names, result.variants["label"], result.variants["is_run"])]
+    cosine = pd.DataFrame(result.cosine.to_numpy(), index=names, columns=names)
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.6g}".format):
+        print(f"step {result.step} of {result.run_dir} ({int(result.mask.shape[0])} completions)")
+        print(table.to_string())
+        print("gradient cosine similarity:")
+        print(cosine.round(3).to_string())
+    own = result.variants[result.variants["is_run"]].iloc[0]
+    print(f"run's own config: loss {own['loss']:.9g} (logged {own['logged_loss']:.9g}), grad_norm "
+          f"{own['grad_norm']:.9g} (logged {own['logged_grad_norm']:.9g})")
+    out = result.save(args.out or Path(args.run_dir) / "replays" / f"step-{result.step}")
+    print(out.parent)
+    return 0

@@ -4,6 +4,8 @@ Each run is a real `MMR1Trainer` run of the tiny Qwen2.5-VL on synthetic groundi
 on one CPU thread). `tiny_sweep` lays six points out exactly as `mmr1kit.notebook.sweep` does (one folder per grid
 point, `sweep.json` written from the same `SweepPoint` records), without paying for a kernel per point.
 
+`capsule_run` adds a checkpoint at step 2 and `capsule_replay` replays its step 3 (`mmr1kit.replay`).
+
 Import the fixtures into a test module (`from runs_fixture import tiny_run, tiny_sweep`); they build on
 `qwen_path` from `tests/conftest.py`.
 """
@@ -25,7 +27,8 @@ def length_reward(completions, id, **kwargs):
 
 
 def train_run(model_path, data_dir, run_dir, *, steps: int = 2, **overrides) -> Path:
-    """Train the tiny model for `steps` GRPO steps into `run_dir` (no checkpoints); return the run folder."""
+    """Train the tiny model for `steps` GRPO steps into `run_dir` (no checkpoints; capsules every 2 steps and at the
+    last, for `mmr1kit.replay`); return the run folder."""
     from mmr1kit.config import MMR1Config
     from mmr1kit.data import load_dataset
     from mmr1kit.rewards import REWARDS
@@ -33,7 +36,8 @@ def train_run(model_path, data_dir, run_dir, *, steps: int = 2, **overrides) -> 
 
     values = {"run_dir": str(run_dir), "dataset": str(data_dir), "max_steps": steps, "learning_rate": 1e-2,
               "per_device_train_batch_size": 8, "num_generations": 4, "max_completion_length": 8,
-              "save_strategy": "no", "beta": 0.04, "reward_funcs": ["iou", "answer_format"], "logging_steps": 1}
+              "save_strategy": "no", "beta": 0.04, "reward_funcs": ["iou", "answer_format"], "logging_steps": 1,
+              "capsule_every": 2}
     config = MMR1Config.from_dict({**values, **overrides})
     dataset = load_dataset(data_dir, "train", config)
     funcs = [REWARDS["iou"], REWARDS["answer_format"], length_reward]
@@ -69,6 +73,21 @@ def grounding_dir(tmp_path_factory):
 def tiny_run(qwen_path, grounding_dir, tmp_path_factory) -> Path:
     """One real run folder: 3 steps x 2 groups x 4 completions, rewards iou / answer_format / length_reward."""
     return train_run(qwen_path, grounding_dir, tmp_path_factory.mktemp("runs") / "tiny", steps=3)
+
+
+@pytest.fixture(scope="session")
+def capsule_run(qwen_path, grounding_dir, tmp_path_factory) -> Path:
+    """`tiny_run`'s set-up with a checkpoint at step 2: capsules of steps 2 and 3, `checkpoints/checkpoint-2`."""
+    return train_run(qwen_path, grounding_dir, tmp_path_factory.mktemp("runs") / "capsules", steps=3,
+                     save_strategy="steps", save_steps=2)
+
+
+@pytest.fixture(scope="session")
+def capsule_replay(capsule_run):
+    """`mmr1kit.replay.replay` of step 3 of `capsule_run` under kl_approximator k1 / k3 x loss_type grpo / dapo."""
+    from mmr1kit.replay import replay
+
+    return replay(capsule_run, 3, {"kl_approximator": ["k1", "k3"], "loss_type": ["grpo", "dapo"]})
 
 
 @pytest.fixture(scope="session")

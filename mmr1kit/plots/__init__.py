@@ -14,7 +14,8 @@ run did not log, or logged only at some steps (NaN elsewhere), are handled: miss
 whose metric no run logged says "not logged".
 
 Modules: `curves` (metric curves per step), `memory` (peak memory per phase), `evaluation` (accuracy per group, sweeps), `rollouts` (the rollout
-gallery), `figure` (the figure class and shared axis helpers). Everything public is importable from here.
+gallery), `objective` (the objective lab's replays), `figure` (the figure class and shared axis helpers).
+Everything public is importable from here.
 """
 
 from mmr1kit.plots.curves import (
@@ -37,13 +38,22 @@ from mmr1kit.plots.evaluation import plot_accuracy_by_group, plot_sweep
 from mmr1kit.plots.figure import NOT_LOGGED as NOT_LOGGED
 from mmr1kit.plots.figure import _Figure as _Figure
 from mmr1kit.plots.memory import plot_memory
+from mmr1kit.plots.objective import (
+    plot_estimators_vs_exact,
+    plot_gradient_cosine,
+    plot_length_bias,
+    plot_token_weights,
+)
 from mmr1kit.plots.rollouts import _load_image as _load_image
 from mmr1kit.plots.rollouts import rollout_gallery
 
 __all__ = [
     "plot_accuracy_by_group",
     "plot_entropy",
+    "plot_estimators_vs_exact",
+    "plot_gradient_cosine",
     "plot_kl",
+    "plot_length_bias",
     "plot_lengths",
     "plot_memory",
     "plot_metrics",
@@ -51,6 +61,7 @@ __all__ = [
     "plot_sweep",
     "plot_temperature",
     "plot_timing",
+    "plot_token_weights",
     "rollout_gallery",
     "smooth",
 ]
