@@ -9,8 +9,9 @@ loss read, so that `mmr1kit.replay` can recompute that step under other objectiv
                              where its rollout is in rollouts.jsonl), optimizer settings, file sizes
       batch.safetensors      every tensor `_compute_loss` read, per micro-batch `<i>.<key>`: prompt / completion ids
                              and masks, advantages, old / reference / sampling log-probs when present, the
-                             multimodal inputs (pixel values, grids, token types: stored, not recomputed), the
-                             reference's hidden states when the exact KL needs them; plus `<i>.capsule_rewards`
+                             multimodal inputs (pixel values, grids, token types: stored, not recomputed, each
+                             distinct image once), the reference's hidden states when the loss's KL is the exact one;
+                             plus `<i>.capsule_rewards`
                              `(B, n_funcs)` (every reward function's raw value) and the RNG state before the loss
       model.safetensors      the policy's weights BEFORE step s's optimizer update (after step s-1's)
       optimizer.safetensors  the optimizer state before the update (AdamW moments; settings in capsule.json)
@@ -142,7 +143,11 @@ class CapsuleWriter:
         if self._step != step:
             self._step, self._kept = step, []
         tensors, values = {}, {}
-        for key, value in inputs.items():
+        args = self.trainer.args
+        skip = () if args.use_kl and args.kl_approximator == "exact" else ("ref_hidden",)  # (B, T, H): kept only
+        for key, value in inputs.items():  # when the loss itself reads it; replay recomputes it for the metric
+            if key in skip:
+                continue
             if torch.is_tensor(value):
                 tensors[key] = value.detach().to("cpu", copy=True).contiguous()
             elif value is not None:

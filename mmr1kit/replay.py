@@ -254,10 +254,8 @@ def _result(lab: Lab, run_dir, step, table, cosine, completions, weights, logged
 
     record, batches, T, mask = lab.record, lab.batches, lab.T, lab.mask
     logps = torch.from_numpy(pad([b["logps"] for b in lab.before], T))
-    estimators = {}
-    if all("ref_per_token_logps" in b for b in batches):
-        ref = torch.from_numpy(pad([b["ref_per_token_logps"] for b in batches], T))
-        estimators = {k: (v * mask).numpy() for k, v in kl.estimate_all(logps, ref).items()}
+    ref = torch.from_numpy(pad([b["ref_per_token_logps"] for b in batches], T))
+    estimators = {k: (v * mask).numpy() for k, v in kl.estimate_all(logps, ref).items()}
     estimators["exact"] = (torch.from_numpy(pad([b["exact"] for b in lab.before], T)) * mask).numpy()
     tokenizer = getattr(load_processor(record["model"]), "tokenizer", None)
     tokens = []

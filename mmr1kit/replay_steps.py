@@ -184,12 +184,13 @@ class Lab:
                 dtype = next(trainer.model.parameters()).dtype
                 path = self.record["reference_model"] or self.record["model"]
                 self.reference = load_policy(path, dtype=dtype).to(device).eval()
+            for batch in self.batches:  # capsules of beta=0 runs: the reference's log-probs from its hidden states
+                if "ref_per_token_logps" not in batch:
+                    with torch.no_grad():
+                        hidden, head = trainer._completion_hidden(self.reference, _on(batch, device))
+                        logps = _reference_logps(hidden, head, batch["completion_ids"].to(device), trainer.temperature)
+                    batch["ref_per_token_logps"] = logps.cpu()
         inputs = [_on(b, device) for b in self.batches]
-        for batch in inputs:  # capsules of beta=0 runs: the reference's log-probs from its hidden states
-            if "ref_per_token_logps" not in batch and trainer.beta != 0:
-                hidden, head = trainer._completion_hidden(self.reference, batch)
-                batch["ref_per_token_logps"] = _reference_logps(hidden, head, batch["completion_ids"],
-                                                                trainer.temperature).detach()
         if self.before is None:
             self.before = _measure(trainer, self.reference, inputs, self.ref_cache)
         loss, norm, flat, weights = _loss_and_gradient(trainer, inputs)

@@ -74,15 +74,21 @@ def test_a_capsule_holds_the_weights_before_its_step(capsule_run):
 def test_resume_drops_the_dead_runs_later_capsules_and_keeps_one_per_step(qwen_path, grounding_dir, tmp_path):
     from runs_fixture import train_run  # after pytest_plugins registered the module (assertion rewriting)
 
-    run = train_run(qwen_path, grounding_dir, tmp_path / "run", steps=3, capsule_every=1, save_strategy="steps",
-                    save_steps=2)
+    from mmr1kit.replay import replay
+
+    exact = {"kl_approximator": "exact", "save_strategy": "steps", "save_steps": 2}  # the loss reads ref_hidden
+    run = train_run(qwen_path, grounding_dir, tmp_path / "run", steps=3, capsule_every=1, **exact)
     assert capsule_steps(run) == [1, 2, 3]  # step 3 was kept after the last checkpoint (checkpoint-2) ...
-    train_run(qwen_path, grounding_dir, run, steps=4, capsule_every=2, save_strategy="steps", save_steps=2,
+    train_run(qwen_path, grounding_dir, run, steps=4, capsule_every=2, **exact,
               resume_from_checkpoint=str(run / "checkpoints" / "checkpoint-2"),
               allow_changes=["max_steps", "capsule_every"])
     # ... and the resumed run (capsules every 2 steps now) trained step 3 again without one: the dead run's is gone
     assert capsule_steps(run) == [1, 2, 4]
     assert raw_steps(run) == [1, 2, 3, 4]
-    record, _ = read_capsule(run, 4)
-    assert {r["rollout_step"] for r in record["rows"][0]} == {4}
+    record, (batch,) = read_capsule(run, 4)
+    assert {r["rollout_step"] for r in record["rows"][0]} == {4} and "ref_hidden" in batch
     assert not list((run / "capsules").glob(".step-*"))
+    own = replay(run, 4).variants.iloc[0]  # the resumed run's capsule replays its own logged step
+    logged = next(r for r in raw_rows(run, "metrics.jsonl") if r["step"] == 4)
+    assert own["loss"] == pytest.approx(logged["loss"], rel=1e-6)
+    assert own["grad_norm"] == pytest.approx(logged["grad_norm"], rel=1e-6)

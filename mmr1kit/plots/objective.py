@@ -45,7 +45,8 @@ def plot_token_weights(result, labels=None, *, max_completions: int = 8, max_tok
         ax.imshow(shown, cmap=PUSH, vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
         for r, i in enumerate(order):
             for t, text in enumerate(result.tokens[i][:T]):
-                ax.text(t, r, text.strip()[:6] or "␣", ha="center", va="center", fontsize=6)
+                ax.text(t, r, text.strip()[:6] or "␣", ha="center", va="center", fontsize=6,
+                        color="white" if abs(shown[r, t]) > 0.6 else "black")
         ax.set_yticks(range(len(order)),
                       [f"A={result.advantages[i]:+.2f} n={int(result.mask[i].sum())}" for i in order], fontsize=7)
         ax.set_xticks(range(0, T, max(1, T // 8)))
