@@ -55,6 +55,8 @@ OBJECTIVE_FIELDS = (
     "vllm_importance_sampling_correction", "learning_rate", "max_grad_norm", "weight_decay", "adam_beta1",
     "adam_beta2", "adam_epsilon",
 )
+
+
 @dataclass
 class Variant:
     """One point of the grid: its label, the grid values, the checked config, whether it is the run's own."""
@@ -161,7 +163,7 @@ def variants(run_dir, grid: dict | None = None, workdir=None) -> list[Variant]:
     if errors:
         raise ValueError("\n".join(errors))
     recorded = recorded_config(run_dir)
-    workdir = str(workdir or tempfile.mkdtemp(prefix="mmr1kit-replay-"))
+    workdir = str(workdir or Path(tempfile.gettempdir()) / "mmr1kit-replay")  # checked, not created
     # replay never samples, writes no record and starts no engine
     fixed = {"run_dir": workdir, "output_dir": workdir, "report_to": "none", "resume_from_checkpoint": None,
              "overwrite_run_dir": False, "allow_changes": [], "use_vllm": False, "push_to_hub": False}
@@ -184,11 +186,13 @@ def variants(run_dir, grid: dict | None = None, workdir=None) -> list[Variant]:
             errors += [f"replay --grid {said}: {line}" for line in str(e).splitlines()]
             continue
         same = all(getattr(config, k) == getattr(run, k) for k in grid)
-        out.append(Variant(", ".join(f"{k}={getattr(config, k)}" for k in grid) or "run", values, config, same))
+        label = ", ".join(f"{k}={getattr(config, k)}" for k in grid) or "run"
+        if label not in [v.label for v in out]:  # MMR1's aliases (kimikl = k2) name one variant once
+            out.append(Variant(label, {k: getattr(config, k) for k in grid}, config, same))
     if errors:
         raise ValueError("\n".join(errors))
     if not any(v.is_run for v in out):
-        out.insert(0, Variant("run", {}, run, True))
+        out.insert(0, Variant("run", {k: getattr(run, k) for k in grid}, run, True))
     return out
 
 
@@ -242,7 +246,7 @@ def replayed_weights(run_dir, step: int, values: dict | None = None) -> dict[str
     step = check_step(run_dir, step)
     with tempfile.TemporaryDirectory(prefix="mmr1kit-replay-") as workdir:
         points = variants(run_dir, {k: [v] for k, v in (values or {}).items()}, workdir)
-        point = next(p for p in points if p.values or len(points) == 1)
+        point = points[-1]  # the run's own config comes first when `values` differ from it
         run_lr = next(p.config.learning_rate for p in points if p.is_run)
         trainer = Lab(run_dir, step).stepped(point.config, point.config.learning_rate / run_lr)[0]
         return {k: v.detach().cpu() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()}
@@ -291,10 +295,7 @@ def add_command(sub) -> None:
 
 
 def _cmd_replay(args) -> int:
-    grid = parse_grid(args.grid)
-    step = check_step(args.run_dir, args.step)
-    variants(args.run_dir, grid)  # bad names and values: exit 2 before anything loads
-    result = replay(args.run_dir, step, grid)
+    result = replay(args.run_dir, args.step, parse_grid(args.grid))  # bad input: exit 2 before any weights load
     table = result.variants[list(SHOWN)].copy()
     names = [f"v{i + 1}" for i in range(len(table))]
     table.index = [f"{n} {label}{' (run)' if own else ''}"

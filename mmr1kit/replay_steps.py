@@ -22,8 +22,6 @@ FORWARD_KEYS = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention
                 "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
 
 
-
-
 def build_trainer(record: dict, config, problems: list[str]):
     """A real `MMR1Trainer` for `config`, no record, with the capsule's weights."""
     from datasets import Dataset
@@ -205,7 +203,7 @@ class Lab:
         whole = {when: {k: torch.from_numpy(pad([x[k] for x in items], self.T)) for k in items[0]}
                  for when, items in (("before", self.before), ("after", after))}
         stats, dlogp = one_step_effect(whole["before"], whole["after"], self.mask, self.advantages)
-        row = {"label": point.label, **{k: str(v) for k, v in point.values.items()}, "is_run": point.is_run,
+        row = {"label": point.label, **point.values, "is_run": point.is_run,
                "loss": loss, "grad_norm": norm, "learning_rate": lrs[0], "update_norm": self.update_norm(trainer),
                **stats}
         w = torch.from_numpy(weights)

@@ -173,23 +173,30 @@ def test_the_command_prints_the_table_and_writes_replay_json(capsule_run, tmp_pa
 
 
 @pytest.mark.slow
-def test_a_run_without_reference_replays_with_a_kl(qwen_path, grounding_dir, tmp_path):
+def test_a_run_without_reference_and_two_micro_batches_replays_with_a_kl(qwen_path, grounding_dir, tmp_path):
     """beta=0 (TRL's default): no reference ran, the capsule has no reference log-probs; a beta > 0 variant gets
-    them from the reference's own forward."""
+    them from the reference's own forward. Two micro-batches per optimizer step: the loss is their sum."""
     from runs_fixture import train_run  # after pytest_plugins registered the module (assertion rewriting)
 
-    run = train_run(qwen_path, grounding_dir, tmp_path / "run", steps=3, beta=0.0)
-    record, (batch,) = read_capsule(run, 3)
-    assert "ref_per_token_logps" not in batch and record["reference_model"] is None
+    run = train_run(qwen_path, grounding_dir, tmp_path / "run", steps=3, beta=0.0, per_device_train_batch_size=4,
+                    gradient_accumulation_steps=2)
+    record, batches = read_capsule(run, 3)
+    assert record["micro_batches"] == len(batches) == 2 and record["reference_model"] is None
+    assert not any("ref_per_token_logps" in b for b in batches)
     result = replay(run, 3, {"beta": ["0.0", "0.04"]})
     no_kl, kl = result.variants.itertuples()
     assert no_kl.is_run and no_kl.loss == pytest.approx(logged(run)[3]["loss"], rel=1e-6)
+    assert no_kl.grad_norm == pytest.approx(logged(run)[3]["grad_norm"], rel=1e-6)
     before = load_policy(record["model"], dtype=torch.float32).eval()
     load_model(before, str(capsule_dir(run, 3) / "model.safetensors"))
     reference = load_policy(record["model"], dtype=torch.float32).eval()
-    lp, ref = (plain_forward(m, batch, record["temperature"]) for m in (before, reference))
-    d = (ref - lp).gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)
-    k3, m = torch.expm1(d) - d, batch["completion_mask"].double()
+    k3, m = [], []
+    for batch in batches:
+        lp, ref = (plain_forward(model, batch, record["temperature"]) for model in (before, reference))
+        d = (ref - lp).gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)
+        k3.append(torch.expm1(d) - d)
+        m.append(batch["completion_mask"].double())
+    k3, m = torch.cat(k3), torch.cat(m)
     assert result.estimator_table().set_index("estimator").loc["k3", "mean"] == pytest.approx(
         float((k3 * m).sum() / m.sum()), rel=1e-4)
     per_sequence = ((k3 * m).sum(1) / m.sum(1)).mean()  # grpo: beta x the per-sequence mean of k3, batch mean
