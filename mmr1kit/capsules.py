@@ -27,7 +27,7 @@ tail: every step has at most one capsule.
 
 Multi-process runs: the main process saves its own share of the batch (`num_processes` in capsule.json); the logged
 loss averages all processes, so only single-process capsules reproduce it. DeepSpeed and FSDP shard the weights or
-the optimizer state: capsules are refused there.
+the optimizer state: capsules are refused there, and for datasets with video rows (not supported yet).
 """
 
 from __future__ import annotations
@@ -76,14 +76,22 @@ def drop_after(run_dir, step: int) -> list[int]:
     return removed
 
 
-def attach(trainer):
-    """The trainer's `CapsuleWriter` (and its callback) when the run records capsules, else None."""
-    every = getattr(trainer.args, "capsule_every", 0)
-    if not every or trainer.recorder is None:
-        return None
-    if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+def check(args, train_dataset, sharded: bool = False) -> None:
+    """Refuse capsules where they cannot hold the step (before the trainer loads or records anything)."""
+    every = getattr(args, "capsule_every", 0)
+    if every and (sharded or args.deepspeed or args.fsdp):
         raise ValueError(f"MMR1Config.capsule_every={every}: capsules need the whole weights and optimizer state in "
                          f"one process; DeepSpeed / FSDP shard them: set capsule_every=0")
+    if every and "video" in getattr(train_dataset, "column_names", []):
+        raise ValueError(f"MMR1Config.capsule_every={every}: capsules do not hold video rows yet (their frames ride "
+                         f"in the batch as per-row dicts); set capsule_every=0 for this dataset")
+
+
+def attach(trainer):
+    """The trainer's `CapsuleWriter` (and its callback) when the run records capsules, else None."""
+    if not getattr(trainer.args, "capsule_every", 0) or trainer.recorder is None:
+        return None
+    check(trainer.args, trainer.train_dataset, trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled)
     writer = CapsuleWriter(trainer)
     trainer.add_callback(CapsuleCallback(writer))
     return writer

@@ -6,8 +6,9 @@
 Training once per objective compares objectives through different batches: sampling noise hides the difference.
 Here the batch is held fixed. For each variant (a point of the grid's cartesian product, the run's own config
 included) a real `MMR1Trainer` is built with the variant's `MMR1Config`, the capsule's weights are loaded (the
-weights BEFORE step N's optimizer update, those the step's loss was computed with), and its own `_compute_loss` runs
-on the capsule's micro-batches, so replay cannot drift from training. For each variant it reports:
+weights BEFORE step N's optimizer update, those the step's loss was computed with), and its own loss
+(`compute_loss` -> `_compute_loss`, as in training) runs on the capsule's micro-batches, so replay cannot drift from
+training. For each variant it reports:
 
 - `loss` and `grad_norm` (pre-clip, as logged); for the run's own config also the logged values of that step;
 - per-token weights `d loss / d logp_t` `(N, T)`: the gradient reaching each sampled token's log-prob. Terms of the

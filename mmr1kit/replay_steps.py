@@ -1,8 +1,9 @@
-"""What one objective does to one capsule: a real `MMR1Trainer` with the capsule's weights, its own `_compute_loss`
-and backward on the capsule's micro-batches, the run's optimizer step, and the policy measured before and after.
+"""What one objective does to one capsule: a real `MMR1Trainer` with the capsule's weights, its own loss and
+backward on the capsule's micro-batches, the run's optimizer step, and the policy measured before and after.
 
 `mmr1kit.replay` runs this once per grid point (`Lab.variant`); the trainer is built per variant and dropped after
-it, so one policy and one reference are in memory at a time (plus the flat gradients the cosine matrix needs).
+it, so one variant's policy and reference are in memory at a time, plus the reference kept for the measurements and
+the flat gradients the cosine matrix needs (on the CPU).
 """
 
 from __future__ import annotations
@@ -68,14 +69,15 @@ def _on(batch: dict, device) -> dict:
 
 
 def _loss_and_gradient(trainer, batches):
-    """Run the trainer's `_compute_loss` on every micro-batch; return loss, grad norm, flat gradient, weights."""
+    """Run the trainer's loss on every micro-batch as training does (`compute_loss`, which calls `_compute_loss`
+    inside the mixins' hooks); return loss, grad norm, flat gradient, weights."""
     model = trainer.model
     model.zero_grad(set_to_none=True)
     seen = _logp_probe(trainer)
     total = 0.0
     for batch in batches:
         _restore_rng(batch)
-        loss = trainer._compute_loss(model, batch)
+        loss = trainer.compute_loss(model, batch)
         loss.backward()
         total += loss.detach().item()
     del trainer._get_per_token_logps_and_entropies  # the class's method again

@@ -170,6 +170,7 @@ class MMR1Trainer(VideoTrainerMixin, GRPOTrainer):
         from mmr1kit.threads import pick_threads
 
         pick_threads(args.use_cpu)  # the notebook's thread count, for every entry point
+        capsules.check(args, train_dataset)  # capsule_every where capsules cannot hold a step: refused first
         # one run per folder, and a resume that matches the run's record: checked before the model loads
         start = start_run(args) if record and args.process_index == 0 else None
         model = resolve_model(args.model_name_or_path) if model is None else model

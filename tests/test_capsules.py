@@ -92,3 +92,18 @@ def test_resume_drops_the_dead_runs_later_capsules_and_keeps_one_per_step(qwen_p
     logged = next(r for r in raw_rows(run, "metrics.jsonl") if r["step"] == 4)
     assert own["loss"] == pytest.approx(logged["loss"], rel=1e-6)
     assert own["grad_norm"] == pytest.approx(logged["grad_norm"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_video_rows_are_refused_when_the_trainer_is_built(qwen_path, tmp_path):
+    from mmr1kit.config import MMR1Config
+    from mmr1kit.data import load_dataset
+    from mmr1kit.data.synthetic import write_dataset
+    from mmr1kit.trainer import MMR1Trainer
+
+    write_dataset("frame_change", tmp_path / "clips", n=8, seed=0, split="train", image_size=56)
+    config = MMR1Config.from_dict({"dataset": str(tmp_path / "clips"), "run_dir": str(tmp_path / "run"),
+                                   "max_steps": 2, "save_strategy": "no", "capsule_every": 1})
+    with pytest.raises(ValueError, match=r"capsule_every=1: capsules do not hold video rows yet"):
+        MMR1Trainer(model=str(qwen_path), args=config, train_dataset=load_dataset(tmp_path / "clips"))
+    assert not (tmp_path / "run").exists()  # refused before the run folder was claimed
