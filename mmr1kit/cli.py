@@ -8,6 +8,7 @@
     mmr1kit report RUN_DIR
     mmr1kit params NOTEBOOK
     mmr1kit plan PRESET [--gpus N] [--gpu-mem GiB] [--zero K]   (exit 1 when the run will not fit)
+    mmr1kit replay RUN [--step N] [--grid NAME=V1,V2]... [--out DIR]   (a run trained with capsule_every > 0)
 
 Exit codes: 0 success; 1 a notebook (or a sweep point) failed; 2 bad arguments or parameters (one line each, checked
 before anything runs: `mmr1kit.preflight`), or a job Slurm refused; 130 stopped by Ctrl-C (training stops at the end
@@ -104,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mmr1kit.plan import add_command as add_plan_command
 
     add_plan_command(sub)  # `mmr1kit plan PRESET`: per-device GPU memory, before any model is loaded
+    from mmr1kit.replay import add_command as add_replay_command
+
+    add_replay_command(sub)  # `mmr1kit replay RUN --step N --grid NAME=V1,V2`: one batch under other objectives
 
     # --- Subcommands added by the lead go here: `mmr1kit build-model` and `mmr1kit data`. ---
     # Pattern: p = sub.add_parser("build-model", help=...); p.add_argument(...); p.set_defaults(func=_cmd_build_model)

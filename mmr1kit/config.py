@@ -44,6 +44,8 @@ class MMR1Config(GRPOConfig):
         tiny models (built once, then cached).
     dataset (`str`, defaults to `"data_cards/synthetic_counting.md"`): A data card, JSON / JSONL file or folder.
     run_dir (`str`, defaults to `"runs/default"`): The run folder; `output_dir` defaults to `<run_dir>/checkpoints`.
+    capsule_every (`int`, defaults to `0`): Every N steps and at the last step, keep the step's batch with the weights
+        and optimizer state its loss used, for `mmr1kit replay` (`docs/objective_lab.md`); 0 keeps none.
 
     > MMR1's parameters (same names, see `docs/metrics.md` for the formulas):
 
@@ -73,6 +75,11 @@ class MMR1Config(GRPOConfig):
     )
     allow_changes: list[str] = field(
         default_factory=list, metadata={"help": "On resume: fields that may differ from the run's config.json."}
+    )
+    capsule_every: int = field(
+        default=0,
+        metadata={"help": "Keep one step's batch, weights and optimizer state every N steps and at the last step, "
+                          "for `mmr1kit replay` (0: never; mmr1kit.capsules)."},
     )
 
     # MMR1: KL

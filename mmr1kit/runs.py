@@ -6,6 +6,7 @@
       metrics.jsonl      one JSON object per logged step, appended (whole lines, flushed) as it happens
       rollouts.jsonl     every completion: step, prompt id, image, completion, per-function rewards, advantage
       checkpoints/       trainer checkpoints (TRL / transformers format, safetensors)
+      capsules/          step-<s>/: one step's batch, weights and optimizer state (`capsule_every`, mmr1kit.capsules)
       *.png              figures
       summary.json       final figures of the run
       <notebook>.ipynb / .html   the executed notebook and its report
@@ -139,6 +140,9 @@ class RunRecorder:
         index_path = self.path / "checkpoints.json"
         if index_path.exists():  # checkpoints saved after `step` by the dead process are gone from the index too
             write_json(index_path, [c for c in json.loads(index_path.read_text()) if c["step"] <= step])
+        from mmr1kit.capsules import drop_after
+
+        drop_after(self.path, step)  # capsules of steps the resumed run trains again (mmr1kit.capsules)
 
     def record_checkpoint(self, step: int, path) -> Path:
         """Add a checkpoint to `checkpoints.json`, the index of the run's checkpoints (atomic)."""

@@ -11,6 +11,7 @@ It overrides as little as possible (design decision 1); each override says what 
 - `_load_from_checkpoint`: resuming restores every weight (transformers' own path misses VLM key renames);
 - a callback sets the step's sampling temperature everywhere TRL uses it;
 - `report_to`'s trackers get the run record's names and steps, and throttled rollout tables (`mmr1kit.trackers`);
+- hooks into `mmr1kit.capsules` (`capsule_every`: a step's batch, weights and optimizer state for `mmr1kit replay`);
 - hooks into `mmr1kit.sampling` (no vision token sampled; vLLM's importance ratio on one distribution) and, on vLLM's
   CPU platform, `mmr1kit.vllm_sync` (the weight sync through `reload_weights`);
 - mixins: `mmr1kit.video` (video rows) and `mmr1kit.vision_cache` (each image preprocessed once per step and encoded
@@ -29,7 +30,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
 from mmr1kit import advantages as mmr1_advantages
-from mmr1kit import kl
+from mmr1kit import capsules, kl
 from mmr1kit.data.ordering import OrderedRepeatSampler, prompt_order
 from mmr1kit.guards import NonFiniteGuard, NonFiniteTrainingError
 from mmr1kit.interrupt import raise_if_stopped, stop_on_interrupt
@@ -175,6 +176,7 @@ class MMR1Trainer(VisionCacheMixin, VideoTrainerMixin, GRPOTrainer):
         from mmr1kit.threads import pick_threads
 
         pick_threads(args.use_cpu)  # the notebook's thread count, for every entry point
+        capsules.check(args, train_dataset)  # capsule_every where capsules cannot hold a step: refused first
         # one run per folder, and a resume that matches the run's record: checked before the model loads
         start = start_run(args) if record and args.process_index == 0 else None
         model = resolve_model(args.model_name_or_path) if model is None else model
@@ -203,6 +205,7 @@ class MMR1Trainer(VisionCacheMixin, VideoTrainerMixin, GRPOTrainer):
             self.recorder = open_record(args, start, model, train_dataset)
             self.add_callback(RunRecordCallback(self.recorder))
         self.rollout_tables = use_trackers(self)  # report_to: metrics.jsonl's names and steps; rollout tables
+        self.capsules = capsules.attach(self)  # capsule_every: batches kept for `mmr1kit replay` (mmr1kit.capsules)
         self.add_callback(TemperatureCallback(self))
         self.guard = NonFiniteGuard(self, args.max_nonfinite_steps)
         self.add_callback(self.guard)
@@ -396,6 +399,7 @@ class MMR1Trainer(VisionCacheMixin, VideoTrainerMixin, GRPOTrainer):
         return kl.exact_from_hidden(hidden, head, ref_hidden, ref_head, temperature=self.temperature)
 
     def _compute_loss(self, model, inputs):
+        capsules.keep(self, inputs)  # a capsule step's micro-batch, as the loss reads it
         args = self.args
         kind = args.kl_approximator
         # TRL's own k3 path stays untouched (the neutral-settings equivalence); other estimators replace it.
@@ -471,6 +475,7 @@ class MMR1Trainer(VisionCacheMixin, VideoTrainerMixin, GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         rewards_per_func, self._round_rewards = self._round_rewards.cpu(), None  # (N, n_funcs), this round's
         advantages = mmr1_advantages.apply(self, output, rewards_per_func, mode)  # (N,): MMR1's variants, reward_std
+        capsules.tag(self, output, inputs, rewards_per_func)  # each row's rewards ride along through TRL's shuffle
         if mode == "train":
             lengths = output["completion_mask"].sum(1)
             last = output["completion_ids"].gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)

@@ -6,7 +6,8 @@ point, `sweep.json` written from the same `SweepPoint` records), without paying 
 
 `smoke_project` is a fresh copy of the project's notebooks in which notebook 01 ran through `mmr1kit run` with its
 defaults, as a new user would start (its console kept): the notebook tests, the report tests and the browser test all
-read that one run.
+read that one run. `capsule_run` adds a checkpoint at step 2 and `capsule_replay` replays its step 3
+(`mmr1kit.replay`).
 
 Import the fixtures into a test module (`pytest_plugins = ["runs_fixture"]`); they build on `qwen_path` from
 `tests/conftest.py`.
@@ -33,7 +34,8 @@ def length_reward(completions, id, **kwargs):
 
 
 def train_run(model_path, data_dir, run_dir, *, steps: int = 2, **overrides) -> Path:
-    """Train the tiny model for `steps` GRPO steps into `run_dir` (no checkpoints); return the run folder."""
+    """Train the tiny model for `steps` GRPO steps into `run_dir` (no checkpoints; capsules every 2 steps and at the
+    last, for `mmr1kit.replay`); return the run folder."""
     from mmr1kit.config import MMR1Config
     from mmr1kit.data import load_dataset
     from mmr1kit.rewards import REWARDS
@@ -41,7 +43,8 @@ def train_run(model_path, data_dir, run_dir, *, steps: int = 2, **overrides) -> 
 
     values = {"run_dir": str(run_dir), "dataset": str(data_dir), "max_steps": steps, "learning_rate": 1e-2,
               "per_device_train_batch_size": 8, "num_generations": 4, "max_completion_length": 8,
-              "save_strategy": "no", "beta": 0.04, "reward_funcs": ["iou", "answer_format"], "logging_steps": 1}
+              "save_strategy": "no", "beta": 0.04, "reward_funcs": ["iou", "answer_format"], "logging_steps": 1,
+              "capsule_every": 2}
     config = MMR1Config.from_dict({**values, **overrides})
     dataset = load_dataset(data_dir, "train", config)
     funcs = [REWARDS["iou"], REWARDS["answer_format"], length_reward]
@@ -77,6 +80,21 @@ def grounding_dir(tmp_path_factory):
 def tiny_run(qwen_path, grounding_dir, tmp_path_factory) -> Path:
     """One real run folder: 3 steps x 2 groups x 4 completions, rewards iou / answer_format / length_reward."""
     return train_run(qwen_path, grounding_dir, tmp_path_factory.mktemp("runs") / "tiny", steps=3)
+
+
+@pytest.fixture(scope="session")
+def capsule_run(qwen_path, grounding_dir, tmp_path_factory) -> Path:
+    """`tiny_run`'s set-up with a checkpoint at step 2: capsules of steps 2 and 3, `checkpoints/checkpoint-2`."""
+    return train_run(qwen_path, grounding_dir, tmp_path_factory.mktemp("runs") / "capsules", steps=3,
+                     save_strategy="steps", save_steps=2)
+
+
+@pytest.fixture(scope="session")
+def capsule_replay(capsule_run):
+    """`mmr1kit.replay.replay` of step 3 of `capsule_run` under kl_approximator k1 / k3 x loss_type grpo / dapo."""
+    from mmr1kit.replay import replay
+
+    return replay(capsule_run, 3, {"kl_approximator": ["k1", "k3"], "loss_type": ["grpo", "dapo"]})
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ a reader: every figure the notebook saved, embedded, and no library noise.
 
 Execution: 01 with its own defaults (and `report_to tensorboard`) through `mmr1kit run` in a fresh copy of the project (a CPU smoke run, shared
 with the browser test), then 02, 03 and 05 with their own defaults on it; 02 on a real tiny run, 03 on two runs of a
-real tiny sweep, 05 through `mmr1kit.compare.compare_report` on that sweep.
+real tiny sweep, 05 through `mmr1kit.compare.compare_report` on that sweep, 06 on the tiny run's last capsule.
 """
 
 import ast
@@ -36,7 +36,7 @@ MAX_DEFINITION_LINES = 10
 def test_the_workflow_notebooks_exist():
     names = {p.name for p in NOTEBOOKS}
     assert {"01_train_grpo.ipynb", "02_inspect_rollouts.ipynb", "03_training_curves.ipynb",
-            "05_compare_runs.ipynb"} <= names
+            "05_compare_runs.ipynb", "06_objective_lab.ipynb"} <= names
 
 
 # ---------------------------------------------------------------------------------------------- hygiene
@@ -75,7 +75,8 @@ def test_listed_in_the_readme(path):
 
 def test_readme_indexes_every_stage():
     text = README.read_text()
-    for name in ("01_train_grpo", "02_inspect_rollouts", "03_training_curves", "04_evaluate", "05_compare_runs"):
+    for name in ("01_train_grpo", "02_inspect_rollouts", "03_training_curves", "04_evaluate", "05_compare_runs",
+                 "06_objective_lab"):
         assert f"| [`{name}.ipynb`]" in text or f"| `{name}.ipynb`" in text, name
 
 
@@ -246,3 +247,31 @@ def test_05_compare_runs_via_compare_report(tiny_sweep, tmp_path):
     assert result.html == out / "05_compare_runs.html" and result.html.is_file()
     assert len(figures_in_report(result.html, out)) == len(list(out.glob("*.png"))) >= 4
     assert_clean_report(result.html)
+
+
+@pytest.mark.slow
+def test_06_objective_lab(tiny_run, tmp_path):
+    grid = {"kl_approximator": ["k1", "k3", "exact"], "loss_type": ["grpo", "dapo"]}
+    result = run_notebook(ROOT / "notebooks" / "06_objective_lab.ipynb", run_dir=tmp_path / "lab",
+                          parameters={"run": str(tiny_run), "grid": grid}, **QUIET)
+    record = read(tmp_path / "lab" / "objective_lab.json")
+    metrics = {r["step"]: r for r in map(json.loads, (tiny_run / "metrics.jsonl").read_text().splitlines())}
+    assert record["step"] == 3  # the latest capsule (capsule_every=2 over 3 steps: steps 2 and 3)
+    labels = [v["label"] for v in record["variants"]]
+    assert labels == [f"kl_approximator={k}, loss_type={t}" for k in grid["kl_approximator"] for t in grid["loss_type"]]
+    own = [v for v in record["variants"] if v["is_run"]]
+    assert [v["label"] for v in own] == ["kl_approximator=k3, loss_type=grpo"]
+    assert own[0]["loss"] == pytest.approx(metrics[3]["loss"], rel=1e-6)  # replay reproduces the logged step
+    assert own[0]["grad_norm"] == pytest.approx(metrics[3]["grad_norm"], rel=1e-6)
+    for row in record["estimators"]:  # the estimators at the capsule's weights: what the run logged at step 3
+        assert row["mean"] == pytest.approx(metrics[3][f"kl/{row['estimator']}"], rel=1e-5, abs=1e-8)
+    cosine = np.array(record["cosine"]["data"])
+    assert record["cosine"]["index"] == labels and np.allclose(np.diag(cosine), 1.0)
+    capsule = tiny_run / "capsules" / "step-3"
+    assert record["capsule_bytes"] == {name: (capsule / name).stat().st_size for name in record["capsule_bytes"]}
+    for name in record["figures"]:
+        assert (tmp_path / "lab" / name).read_bytes()[:4] == b"\x89PNG"
+    assert set(figures_in_report(result.html, tmp_path / "lab")) == set(record["figures"])  # all in the report
+    assert_clean_report(result.html)
+    replay = read(tmp_path / "lab" / "replay.json")
+    assert [v["label"] for v in replay["variants"]] == labels

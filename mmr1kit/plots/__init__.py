@@ -17,7 +17,7 @@ smoothed come from `labels.METRICS`.
 
 Modules: `curves` (any metric per step, rewards with std bands), `diagnostics` (KL estimators, entropy, temperature,
 lengths, timing), `memory` (peak memory per phase), `evaluation` (accuracy per group, outcomes with intervals, paired
-differences, sweeps), `rollouts` (the rollout gallery), `labels` (what each metric is called), `figure` (the figure
+differences, sweeps), `rollouts` (the rollout gallery), `objective` (the objective lab's replays), `labels` (what each metric is called), `figure` (the figure
 class, `save_figure` and shared axis helpers). Everything public is importable from here.
 """
 
@@ -35,6 +35,12 @@ from mmr1kit.plots.figure import _Figure as _Figure
 from mmr1kit.plots.figure import save_figure
 from mmr1kit.plots.labels import metric_info, reward_bounds
 from mmr1kit.plots.memory import plot_memory
+from mmr1kit.plots.objective import (
+    plot_estimators_vs_exact,
+    plot_gradient_cosine,
+    plot_length_bias,
+    plot_token_weights,
+)
 from mmr1kit.plots.rollouts import _load_image as _load_image
 from mmr1kit.plots.rollouts import rollout_gallery
 
@@ -42,7 +48,10 @@ __all__ = [
     "metric_info",
     "plot_accuracy_by_group",
     "plot_entropy",
+    "plot_estimators_vs_exact",
+    "plot_gradient_cosine",
     "plot_kl",
+    "plot_length_bias",
     "plot_lengths",
     "plot_memory",
     "plot_metrics",
@@ -53,6 +62,7 @@ __all__ = [
     "plot_temperature",
     "plot_timing",
     "reward_bounds",
+    "plot_token_weights",
     "rollout_gallery",
     "save_figure",
     "smooth",

@@ -51,6 +51,12 @@ def _not_logged(ax, what: str = NOT_LOGGED) -> None:
     ax.set_yticks([])
 
 
+def _legend(ax, **kw) -> None:
+    """A legend on `ax` when something on it is labelled (no empty legend box)."""
+    if any(not str(h.get_label()).startswith("_") for h in ax.get_lines() + ax.collections):
+        ax.legend(fontsize="small", **kw)
+
+
 def _finish(fig: Figure, title) -> Figure:
     if title:
         fig.suptitle(title)
