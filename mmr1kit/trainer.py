@@ -487,7 +487,8 @@ class MMR1Trainer(VisionCacheMixin, VideoTrainerMixin, GRPOTrainer):
     def _record_rollouts(self, inputs, rewards_per_func, advantages, lengths, truncated, gather_object):
         from mmr1kit.data.media import rollout_media
 
-        self.phases.begin("record", self.model.training)
+        # a process that writes no record spends nothing on it: its gather counts in timing/other
+        self.phases.begin("record", self.model.training and self.recorder is not None)
         keys = ("id", "problem", "solution")
         rows = gather_object([{**{k: x.get(k) for k in keys}, **rollout_media(x)} for x in inputs])
         lengths = gather_object(lengths.tolist())

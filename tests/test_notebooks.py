@@ -166,7 +166,7 @@ def test_notebooks_chain_with_their_defaults(smoke_project):
     assert (root / written["02_inspect_rollouts"]["run"]).resolve() == run_dir
     [curves] = written["03_training_curves"]["runs"].values()
     assert (root / curves["path"]).resolve() == run_dir and curves["steps"] == 4
-    assert len(written["03_training_curves"]["figures"]) == 8
+    assert len(written["03_training_curves"]["figures"]) == 9
     assert written["05_compare_runs"]["runs"] == 1
     assert not (run_dir / "inspect_rollouts.json").exists()  # the run inspected is only read
 
