@@ -4,8 +4,10 @@ It overrides as little as possible (design decision 1); each override says what 
 
 - `_get_per_token_logps_and_entropies`: keeps the policy pass's log-probs and entropies for the loss additions;
 - `_compute_loss`: the KL estimator of `kl_approximator` (TRL hard-codes k3), the entropy term, every estimator logged;
-- `_generate_and_score_completions`: MMR1's advantage variants, phase timing, and every rollout into the run folder;
-- `_get_train_sampler`: `order_dataset`;
+- `_generate_and_score_completions`: dynamic sampling (`mmr1kit.signal`: one or more tries of `_score_round`, which
+  adds MMR1's advantage variants and the KL in the reward), phase timing, every rollout and the prompt ledger
+  (`mmr1kit.ledger`) into the run folder;
+- `_get_train_sampler`: `order_dataset` (`online` is drawn by `mmr1kit.signal`);
 - `_load_from_checkpoint`: resuming restores every weight (transformers' own path misses VLM key renames);
 - a callback sets the step's sampling temperature everywhere TRL uses it.
 
@@ -25,10 +27,14 @@ from mmr1kit import advantages as mmr1_advantages
 from mmr1kit import kl
 from mmr1kit.data.ordering import OrderedRepeatSampler, prompt_order
 from mmr1kit.guards import NonFiniteGuard, NonFiniteTrainingError
+from mmr1kit.ledger import LedgerCallback, make_ledger
+from mmr1kit.models import freeze_vision_tower
 from mmr1kit.progress import use_text_progress
+from mmr1kit.rounds import round_record
 from mmr1kit.runs import RunRecorder
 from mmr1kit.scale import feed_vllm_unexpanded_images, rollout_check
 from mmr1kit.schedules import temperature_at
+from mmr1kit.signal import DynamicSampling
 
 # Multimodal inputs TRL passes to the policy forward (see GRPOTrainer._compute_loss).
 MULTIMODAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes", "token_type_ids",
@@ -157,7 +163,7 @@ class MMR1Trainer(GRPOTrainer):
         model = resolve_model(args.model_name_or_path) if model is None else model
         if isinstance(model, str) and "processing_class" not in kwargs:
             kwargs["processing_class"] = load_processor(model, args.min_pixels, args.max_pixels)
-        reward_funcs = get_reward_funcs(args.reward_funcs) if reward_funcs is None else reward_funcs
+        reward_funcs = get_reward_funcs(args.reward_funcs, config=args) if reward_funcs is None else reward_funcs
         self._policy_pass = None  # (logps, entropies, hidden or None) of the last policy forward with entropies
         self._ref_hidden = None  # (B, T, H) of the last reference pass, when the exact KL will need it
         self._round_rewards = None  # (N, n_funcs) of the round being scored
@@ -178,6 +184,11 @@ class MMR1Trainer(GRPOTrainer):
                 bad_examples={k: {"count": len(v), "first": v[:3]} for k, v in bad.items()},
             )
             self.add_callback(RunRecordCallback(self.recorder))
+        self.ledger = make_ledger(self, train_dataset)  # prompts.jsonl; restored on resume by its callback
+        self.add_callback(LedgerCallback(self))
+        self.signal = DynamicSampling(self)
+        if args.freeze_vision_tower:
+            freeze_vision_tower(self.model)
         self.add_callback(TemperatureCallback(self))
         self.guard = NonFiniteGuard(self, args.max_nonfinite_steps)
         self.add_callback(self.guard)
@@ -435,9 +446,20 @@ class MMR1Trainer(GRPOTrainer):
     # --- rollouts, advantages, record ---------------------------------------------------------------------------
 
     def _generate_and_score_completions(self, inputs):
-        from accelerate.utils import gather_object
-
         start = time.perf_counter()
+        if self.model.training:  # `dynamic_sampling`: one or more tries of `_score_round`, merged (mmr1kit.signal)
+            output = self.signal.generate(inputs)
+        else:
+            output = self._score_round(inputs)[0]
+        self._time("rollout", start)
+        return output
+
+    def _score_round(self, inputs, attempt: int = 0):
+        """One TRL generation round plus MMR1's advantages and the KL in the reward.
+
+        Returns the local generation batch and, in training, the round's record for `mmr1kit.rounds.record_round`
+        (rows, rewards, advantages, KL penalties and `filter_key` values of all processes; `None` in evaluation).
+        """
         self._ref_hidden = None
         output = super()._generate_and_score_completions(inputs)
         if self._ref_hidden is not None:  # (B, T, H): TRL shuffles and splits it with the rest of the batch
@@ -445,46 +467,8 @@ class MMR1Trainer(GRPOTrainer):
         rollout_check(self, output)  # vLLM's log-probs vs the trainer's: rollout/logp_diff_mean, rollout/logp_diff_max
         mode = "train" if self.model.training else "eval"
         rewards_per_func, self._round_rewards = self._round_rewards.cpu(), None  # (N, n_funcs), this round's
-        advantages = mmr1_advantages.apply(self, output, rewards_per_func, mode)  # (N,): MMR1's variants, reward_std
-        if mode == "train":
-            lengths = output["completion_mask"].sum(1)
-            last = output["completion_ids"].gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
-            truncated = ~torch.isin(last, torch.tensor(self.eos_token_ids, device=last.device))
-            self._record_rollouts(inputs, rewards_per_func, advantages, lengths, truncated, gather_object)
-        self._time("rollout", start)
-        return output
-
-    def _record_rollouts(self, inputs, rewards_per_func, advantages, lengths, truncated, gather_object):
-        t0 = time.perf_counter()
-        keys = ("id", "image_path", "problem", "solution")
-        rows = gather_object([{k: x.get(k) for k in keys} for x in inputs])
-        lengths = gather_object(lengths.tolist())
-        truncated = gather_object(truncated.tolist())
-        if self.recorder is None:
-            return
-        completions = list(self._logs["completion"])
-        weights = self.reward_weights.cpu()
-        step = self.state.global_step + 1  # the optimizer step these completions train
-        records = []
-        for i, row in enumerate(rows):
-            text = completions[i][0]["content"] if isinstance(completions[i], list) else completions[i]
-            rewards = {f"rewards/{n}": float(rewards_per_func[i, j]) for j, n in enumerate(self.reward_func_names)}
-            records.append(
-                {
-                    "step": step,
-                    "prompt_id": row["id"],
-                    "group": i // self.num_generations,
-                    "image": row["image_path"],
-                    "problem": row["problem"],
-                    "solution": row["solution"],
-                    "completion": text,
-                    **rewards,
-                    "reward": float((rewards_per_func[i] * weights).nansum()),
-                    "advantage": float(advantages[i]),
-                    "length": int(lengths[i]),
-                    "truncated": bool(truncated[i]),
-                    "temperature": self.temperature,
-                }
-            )
-        self.recorder.log_rollouts(records)
-        self._time("record", t0)
+        penalty = mmr1_advantages.kl_penalty(self, output, mode)  # (N,) beta * KL of each completion, or None
+        advantages = mmr1_advantages.apply(self, output, rewards_per_func, mode, penalty)  # (N,): what trains
+        if mode != "train":
+            return output, None
+        return output, round_record(self, inputs, output, rewards_per_func, advantages, penalty, attempt)
