@@ -159,10 +159,16 @@ def test_03_training_curves(tiny_sweep, tmp_path):
         for key in ("reward", "kl/k1", "kl/k2", "kl/k3", "kl/exact", "entropy", "temperature"):
             assert info["last"][key] == pytest.approx(last[key]), key
     expected = {"rewards", "kl", "entropy", "temperature", "lengths", "clip_ratio", "optimizer", "timing"}
+    expected |= {f"ledger_{run.name}" for run in runs}  # the prompt ledger's view, one per run
     assert set(record["figures"]) == {f"{name}.png" for name in expected}
     for name in record["figures"]:
         assert (tmp_path / "curves" / name).read_bytes()[:4] == b"\x89PNG"
-    assert result.html.is_file()
+    fates = read(tmp_path / "curves" / "ledger.json")
+    for run, label in zip(runs, fates):  # every prompt of the run's prompts.jsonl has exactly one fate
+        prompts = {json.loads(line)["prompt_id"] for line in (run / "prompts.jsonl").read_text().splitlines()}
+        assert sum(fates[label].values()) == len(prompts) > 0
+    html = result.html.read_text()
+    assert html.count("data:image/png") >= len(expected) and html.count("pass_rate_at_step") == len(runs)
 
 
 @pytest.mark.slow

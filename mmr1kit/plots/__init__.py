@@ -14,7 +14,7 @@ run did not log, or logged only at some steps (NaN elsewhere), are handled: miss
 whose metric no run logged says "not logged".
 
 Modules: `curves` (metric curves per step), `evaluation` (accuracy per group, sweeps), `rollouts` (the rollout
-gallery), `figure` (the figure class and shared axis helpers). Everything public is importable from here.
+gallery), `ledger` (what became of each training prompt), `figure` (the figure class and shared axis helpers). Everything public is importable from here.
 """
 
 from mmr1kit.plots.curves import (
@@ -35,6 +35,7 @@ from mmr1kit.plots.curves import (
 )
 from mmr1kit.plots.evaluation import plot_accuracy_by_group, plot_sweep
 from mmr1kit.plots.figure import NOT_LOGGED as NOT_LOGGED
+from mmr1kit.plots.ledger import plot_prompt_fates
 from mmr1kit.plots.figure import _Figure as _Figure
 from mmr1kit.plots.rollouts import _load_image as _load_image
 from mmr1kit.plots.rollouts import rollout_gallery
@@ -45,6 +46,7 @@ __all__ = [
     "plot_kl",
     "plot_lengths",
     "plot_metrics",
+    "plot_prompt_fates",
     "plot_rewards",
     "plot_sweep",
     "plot_temperature",
