@@ -285,17 +285,20 @@ def _seed_process(seed: int, params: dict, args, workdir: str) -> dict:
     return run
 
 
-def run_seeds(params: dict, args, workdir: str, load) -> list[dict]:
-    """Every seed, `args.workers` at a time (fresh spawned processes when more than one), in seed order."""
+def run_seeds(params: dict, args, workdir: str, load, seed_process=None) -> list[dict]:
+    """Every seed, `args.workers` at a time (fresh spawned processes when more than one), in seed order.
+
+    `seed_process(seed, params, args, workdir)` runs one seed (default: this benchmark's pipeline); it must be a
+    module-level function, as spawned processes import it."""
     import concurrent.futures
     import multiprocessing
 
-    workers = args.workers
+    workers, seed_process = args.workers, seed_process or _seed_process
     if workers == 1:
-        return [_seed_process(seed, params, args, workdir) for seed in args.seeds]
+        return [seed_process(seed, params, args, workdir) for seed in args.seeds]
     print(f"[learning] seeds {args.seeds}: {workers} at a time, {args.threads} thread(s) each", flush=True)
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_seed_process, seed, params, args, workdir) for seed in args.seeds]
+        futures = [pool.submit(seed_process, seed, params, args, workdir) for seed in args.seeds]
         runs = []
         for future in futures:
             runs.append(future.result())

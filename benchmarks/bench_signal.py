@@ -35,7 +35,6 @@ target's verdict, the load) and `benchmarks/results/signal.png`.
 """
 
 import json
-import os
 import sys
 import tempfile
 import time
@@ -45,7 +44,7 @@ if __package__ in (None, ""):  # run as a file: python benchmarks/bench_signal.p
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import common
-from benchmarks.bench_learning import Clocks, HeldOutEval, parse_overrides, preset
+from benchmarks.bench_learning import Clocks, HeldOutEval, parse_overrides, preset, run_seeds, time_axis
 
 NAME = "signal"
 VARIANTS = {
@@ -163,21 +162,6 @@ def _seed_process(seed, params, args, workdir):
     return run_seed(seed, params, args, Path(workdir))
 
 
-def run_seeds(params, args, workdir, load) -> list[dict]:
-    import concurrent.futures
-    import multiprocessing
-
-    if args.workers == 1:
-        return [_seed_process(seed, params, args, workdir) for seed in args.seeds]
-    with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_seed_process, seed, params, args, workdir) for seed in args.seeds]
-        runs = []
-        for future in futures:
-            runs.append(future.result())
-            load.sample()
-        return runs
-
-
 def summarize_variants(seeds: list[dict], variants: list[str]) -> dict:
     """Per variant: medians and spreads over seeds, and whether it reached the target within the demo's time."""
     demo_cpu = common.summarize([s["variants"]["none"]["total_cpu_s"] for s in seeds]).get("median") \
@@ -240,9 +224,9 @@ def table(results: dict, n_seeds: int) -> str:
     def spread(s, fmt, scale=1.0):
         return f"{fmt.format(scale * s['median'])} [{fmt.format(scale * s['min'])}, {fmt.format(scale * s['max'])}]"
 
-    lines = ["| variant | held-out accuracy after 100 GRPO steps (%) | CPU s, warm start + GRPO | tokens generated "
-             "(k) | CPU s to 90% per seed | seeds at 90% within the demo's time | tries per step | groups dropped "
-             "per step |", "|---|---|---|---|---|---|---|---|"]
+    header = ("| variant | held-out accuracy after GRPO (%) | CPU s, warm start + GRPO | tokens generated (k) | "
+              "CPU s to 90% per seed | seeds at 90% within the demo's time | tries per step | groups dropped per step |")
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
     for name, v in results["variants"].items():
         reach = ", ".join("—" if t is None else f"{t:.0f}" for t in v["cpu_s_to_target"])
         sig = v["signal"]
@@ -261,10 +245,10 @@ def main(argv=None):
     params = preset(args.quick, args.overrides)
     load = common.LoadLog(own_processes=args.workers * args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-signal-") as workdir:
-        seeds = run_seeds(params, args, workdir, load)
+        seeds = run_seeds(params, args, workdir, load, seed_process=_seed_process)
     results = summarize_variants(seeds, args.variants)
     results["seeds"] = seeds
-    axis = "wall_s" if args.workers * args.threads <= (os.cpu_count() or 1) else "cpu_s"
+    axis = time_axis(args.workers, args.threads)
     out = common.out_path(args, NAME)
     figure = Path(args.plot) if args.plot else out.with_suffix(".png")
     title = (f"demo recipe (configs/demo.yaml) by dynamic sampling variant: held-out accuracy, {len(seeds)} seed(s), "

@@ -27,7 +27,6 @@ from mmr1kit.signal import (
 )
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 
 
 # --- the arithmetic ----------------------------------------------------------------------------------------------
@@ -223,7 +222,7 @@ def checksum_reward(text):  # tests/helpers_mp.py's reward, on one text
 @pytest.mark.slow
 def test_two_processes_train_the_same_groups_with_signal(qwen_path, counting_dir, tmp_path):
     """6 completions per process and groups of 4: group 1 of every try spans both processes."""
-    from mmr1kit.launch import free_port
+    from test_multiprocess import launch
 
     run = tmp_path / "run"
     preset = tmp_path / "mp.yaml"
@@ -232,12 +231,7 @@ def test_two_processes_train_the_same_groups_with_signal(qwen_path, counting_dir
         per_device_train_batch_size=6, num_generations=4, max_completion_length=8, save_strategy="no",
         learning_rate=1e-2, beta=0.04, seed=0, dynamic_sampling="replace", filter_low=0.3, filter_high=0.6,
         max_tries=10)))
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"), "--num_processes", "2", "--main_process_port",
-               str(free_port()), str(HERE / "helpers_mp.py"), str(preset)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=ROOT,
-                          env={**os.environ, "MP_TEST_LAUNCH": "signal", "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    launch(preset, "signal", timeout=240)  # accelerate launch of tests/helpers_mp.py: 2 processes
 
     rollouts, _ = read_jsonl(run / "rollouts.jsonl")
     dumps = {k: read_jsonl(run / f"rank{k}.jsonl")[0] for k in (0, 1)}
