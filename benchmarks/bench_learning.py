@@ -306,14 +306,21 @@ def run_seeds(params: dict, args, workdir: str, load, seed_process=None) -> list
         return runs
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def measure_seeds(args, name: str, seed_process=None) -> tuple[float, dict, "common.LoadLog", list[dict]]:
+    """The demo's parameters (with `--set`), then every seed in its own process in a temporary folder, the load
+    sampled: `(start time, parameters, load log, one result per seed)`. Shared with `bench_signal`."""
     common.setup_torch(args.threads)
     started = time.time()
     params = preset(args.quick, args.overrides)
     load = common.LoadLog(own_processes=args.workers * args.threads)
-    with tempfile.TemporaryDirectory(prefix="bench-learning-") as workdir:
-        seeds = run_seeds(params, args, workdir, load)
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as workdir:
+        seeds = run_seeds(params, args, workdir, load, seed_process)
+    return started, params, load, seeds
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started, params, load, seeds = measure_seeds(args, NAME)
     for run in seeds:
         print(f"[learning] seed {run['seed']}: {100 * run['accuracy_after_warmstart']:.1f}% -> "
               f"{100 * run['accuracy_after_grpo']:.1f}% (warm start {run['warmstart_s']:.0f} s, "

@@ -36,15 +36,13 @@ target's verdict, the load) and `benchmarks/results/signal.png`.
 
 import json
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: python benchmarks/bench_signal.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import common
-from benchmarks.bench_learning import Clocks, HeldOutEval, parse_overrides, preset, run_seeds, time_axis
+from benchmarks.bench_learning import Clocks, HeldOutEval, measure_seeds, parse_overrides, time_axis
 
 NAME = "signal"
 VARIANTS = {
@@ -240,12 +238,7 @@ def table(results: dict, n_seeds: int) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
-    common.setup_torch(args.threads)
-    started = time.time()
-    params = preset(args.quick, args.overrides)
-    load = common.LoadLog(own_processes=args.workers * args.threads)
-    with tempfile.TemporaryDirectory(prefix="bench-signal-") as workdir:
-        seeds = run_seeds(params, args, workdir, load, seed_process=_seed_process)
+    started, params, load, seeds = measure_seeds(args, NAME, seed_process=_seed_process)
     results = summarize_variants(seeds, args.variants)
     results["seeds"] = seeds
     axis = time_axis(args.workers, args.threads)

@@ -215,14 +215,10 @@ def test_only_groups_with_signal_train(mode, qwen_path, counting_dir, tmp_path):
 
 # --- two processes -------------------------------------------------------------------------------------------------
 
-def checksum_reward(text):  # tests/helpers_mp.py's reward, on one text
-    return (sum(map(ord, text)) % 17) / 16
-
-
 @pytest.mark.slow
 def test_two_processes_train_the_same_groups_with_signal(qwen_path, counting_dir, tmp_path):
     """6 completions per process and groups of 4: group 1 of every try spans both processes."""
-    from test_multiprocess import launch
+    from test_multiprocess import checksum_reward, launch
 
     run = tmp_path / "run"
     preset = tmp_path / "mp.yaml"
