@@ -110,9 +110,11 @@ class PromptLedger:
 
 
 def make_ledger(trainer, dataset) -> PromptLedger:
-    """The trainer's ledger: written to the run folder by the main process when it records; without an `id` column
-    in the training set the ledger stays empty (and says so in the manifest), and `order_dataset="online"` fails."""
-    ids = list(dataset["id"]) if dataset is not None and "id" in getattr(dataset, "column_names", []) else None
+    """The trainer's ledger: written to the run folder by the main process when it records. Without an `id` column
+    in the training set (or with a streaming dataset) the ledger stays empty and the manifest says so;
+    `order_dataset="online"` then fails."""
+    columns = getattr(dataset, "column_names", None) or []  # an IterableDataset may not know its columns
+    ids = list(dataset["id"]) if "id" in columns and hasattr(dataset, "__len__") else None
     recorder = trainer.recorder
     if ids is None:
         if trainer.args.order_dataset == "online":

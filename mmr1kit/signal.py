@@ -214,6 +214,10 @@ class DynamicSampling:
         self.n_local = args.per_device_train_batch_size * args.steps_per_generation
         self._dataset = None
         self._warned = False
+        if (self.mode == "replace" or self.online) and not hasattr(trainer.train_dataset, "__len__"):
+            field = "order_dataset='online'" if self.online else "dynamic_sampling='replace'"
+            raise ValueError(f"MMR1Config.{field} draws prompts by their index: it needs a map-style training set, "
+                             f"not a streaming (iterable) one")
         if self.key not in (None, OVERALL):  # a custom reward list: the key must be one of this trainer's functions
             key_values(torch.zeros(1, len(trainer.reward_func_names)), trainer.reward_weights,
                        trainer.reward_func_names, self.key)
