@@ -70,9 +70,11 @@ def parse_args(argv=None):
 
 
 def high_water_bytes() -> int:
-    """`VmHWM`: the peak resident set of this process's own address space (not inherited through exec)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    """`VmHWM`: the peak resident set of this process's own address space (not inherited through exec), across the
+    resets `mmr1kit.phases` makes to measure each phase."""
+    from mmr1kit.phases import process_peak_bytes
+
+    return process_peak_bytes()
 
 
 def rss_bytes() -> int:
@@ -128,6 +130,7 @@ def child(args) -> dict:
 
     from mmr1kit.config import MMR1Config
     from mmr1kit.data import load_dataset
+    from mmr1kit.phases import process_peak_bytes
     from mmr1kit.trainer import MMR1Trainer
 
     common.setup_torch(args.threads)
@@ -153,7 +156,7 @@ def child(args) -> dict:
         "rss_before_train_bytes": before,
         "train_peak_rss_bytes": sampler.peak,
         "train_increment_bytes": sampler.peak - before,
-        "cuda_max_allocated_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+        "cuda_max_allocated_bytes": process_peak_bytes("cuda") if cuda else None,
         "train_s": train_s,
         "optimizer_steps": trainer.state.global_step,
         "completions_generated": args.rounds * args.child,

@@ -19,6 +19,9 @@ Variants (MMR1 options on top of the shared settings):
   with the exact full-vocabulary KL logged every step (`exact_kl_every=1`, the MMR1Config default).
 - `exact_in_loss` (c, no target): `kl_approximator="exact"`, record off: the cost of the exact KL as the loss term.
 
+Every MMR1Trainer variant runs with `encode_images_once=False`, TRL's image path, so that the ratios are the cost of
+MMR1's options alone; what encoding each image once saves is `bench_encode`'s measurement.
+
 Measurement (`--interleave step`, the default): one process builds one trainer per variant, then trains them in
 rounds of one optimizer step each (`train()` with `max_steps=1`; the order rotated every round), so that steps of
 different variants are seconds apart and the load of a shared machine hits them alike. The first `--warmup` rounds
@@ -103,23 +106,34 @@ def trl_config(config, output_dir):
 
 def build(variant, model_path, data_path, settings, steps, seed, workdir, trainer_class):
     """A fresh trainer of `variant` for `steps` steps, its `StepClock`, and (for TRL) its config differences."""
+    from mmr1kit.config import MMR1Config
+
+    overrides, record = VARIANTS[variant]
+    run_dir = tempfile.mkdtemp(prefix=f"{variant}-", dir=workdir)
+    # the image caches off (`encode_images_once`): this benchmark measures what MMR1's options cost; bench_encode
+    # measures what the caches save
+    config = MMR1Config.from_dict({**settings, "encode_images_once": False, **(overrides or NEUTRAL),
+                                   "max_steps": steps, "seed": seed, "model_name_or_path": str(model_path),
+                                   "run_dir": run_dir})
+    return build_trainer(config, data_path, None if variant == "trl" else trainer_class, record)
+
+
+def build_trainer(config, data_path, trainer_class=None, record=False):
+    """`(trainer, StepClock, TRL config differences)` for `config` on `data_path`: plain `trl.GRPOTrainer` on the
+    config's TRL fields when `trainer_class` is `None` (differences: `trl_config`'s), else `trainer_class` (None)."""
     from trl import GRPOTrainer
 
-    from mmr1kit.config import MMR1Config
     from mmr1kit.data import load_dataset
     from mmr1kit.models import load_processor
     from mmr1kit.rewards import get_reward_funcs
 
-    overrides, record = VARIANTS[variant]
-    run_dir = tempfile.mkdtemp(prefix=f"{variant}-", dir=workdir)
-    config = MMR1Config.from_dict({**settings, **(overrides or NEUTRAL), "max_steps": steps, "seed": seed,
-                                   "model_name_or_path": str(model_path), "run_dir": run_dir})
+    model_path = config.model_name_or_path
     dataset = load_dataset(data_path, "train", config)
     clock = common.StepClock()
     reward_funcs = get_reward_funcs(config.reward_funcs)
     differences = None
-    if variant == "trl":
-        trl_args, differences = trl_config(config, f"{run_dir}/checkpoints")
+    if trainer_class is None:
+        trl_args, differences = trl_config(config, f"{config.run_dir}/checkpoints")
         processor = load_processor(model_path, config.min_pixels, config.max_pixels)
         trainer = GRPOTrainer(model=str(model_path), reward_funcs=reward_funcs, args=trl_args, train_dataset=dataset,
                               processing_class=processor, callbacks=[clock])
@@ -198,8 +212,7 @@ def main(argv=None):
     args = parse_args(argv)
     common.setup_torch(args.threads)
     started = time.time()
-    model_path = common.tiny_model(args.quick)
-    data_path = common.counting_data(64) if args.quick else common.counting_data(512)
+    model_path, data_path = common.step_inputs(args.quick)
     # The demo's GRPO settings (configs/demo.yaml) on a random-init policy, so every completion is full length.
     settings = {**common.demo_grpo_settings(), **RECORDING, **(QUICK if args.quick else {})}
     trainer_class = common.load_trainer_class(args.trainer)

@@ -228,10 +228,16 @@ def demo_grpo_settings() -> dict:
 
 
 def tiny_model(quick: bool) -> Path:
-    """The demo's tiny Qwen2.5-VL (size S of learning-feasibility.md), or a smaller one for `--quick`."""
+    """The demo's tiny Qwen2.5-VL (size S of docs/demo.md), or a smaller one for `--quick`."""
     from mmr1kit.models import tiny_vlm
 
     return tiny_vlm(hidden_size=64, vision_hidden_size=32) if quick else tiny_vlm()
+
+
+def step_inputs(quick: bool) -> tuple[Path, Path]:
+    """The model and data of the step-time benchmarks (`bench_overhead`, `bench_encode`): the demo's tiny Qwen2.5-VL
+    at random init (every completion full length) and 512 counting rows; smaller ones for `--quick`."""
+    return tiny_model(quick), counting_data(64) if quick else counting_data(512)
 
 
 def counting_data(n_train: int, n_test: int = 0, seed: int = 0) -> Path:

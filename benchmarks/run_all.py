@@ -32,16 +32,20 @@ BUDGET_MIN = 12  # `make bench` should take "about 10 minutes" on the 2-core mac
 BENCHMARKS = {
     "data": "benchmarks.bench_data",
     "overhead": "benchmarks.bench_overhead",
+    "encode": "benchmarks.bench_encode",
     "memory": "benchmarks.bench_memory",
     "exact_kl": "benchmarks.bench_exact_kl",
     "learning": "benchmarks.bench_learning",
 }
+# Run only when named (`--only plan`): not part of `make bench`, whose budget they would exceed.
+OPTIONAL = {"plan": "benchmarks.bench_plan"}  # the memory planner's calibration, about 15 min on 2 cores
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="seconds-sized variants; results/*.quick.json")
-    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=None, help="run only these")
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS) + list(OPTIONAL), default=None,
+                        help=f"run only these (the optional {list(OPTIONAL)} run only when named here)")
     parser.add_argument("--skip", nargs="+", choices=list(BENCHMARKS), default=[], help="leave these out")
     parser.add_argument("--wait-quiet", type=float, default=0.0,
                         help=f"seconds to wait before each benchmark for a 1-min load average below {QUIET_LOAD}")
@@ -59,7 +63,7 @@ def run_benchmark(name: str, quick: bool, results: Path, wait_quiet: float) -> d
     start = time.time()
     while os.getloadavg()[0] >= QUIET_LOAD and time.time() - start < wait_quiet:
         time.sleep(10)
-    cmd = [sys.executable, "-m", BENCHMARKS[name], "--out", str(result_path(results, name, quick))]
+    cmd = [sys.executable, "-m", {**BENCHMARKS, **OPTIONAL}[name], "--out", str(result_path(results, name, quick))]
     cmd += ["--quick"] if quick else []
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     print(f"== {name}: {' '.join(cmd[1:])} (load {os.getloadavg()[0]:.2f})", flush=True)
@@ -128,6 +132,7 @@ def table_rows(results: Path, quick: bool = False) -> list[list[str]]:
         trl = overhead["results"]["trl"]["step_time_s"]
         rows.append(["overhead: TRL GRPOTrainer step time (s), the baseline", "—", _spread(trl), "—",
                      _load(overhead), _when(overhead)])
+    rows += _encode_rows(results, quick)
     memory = _read(results, "memory", quick)
     if memory:
         groups = memory["config"]["groups"]
@@ -177,6 +182,37 @@ def table_rows(results: Path, quick: bool = False) -> list[list[str]]:
             rows.append([f"exact KL, V={exact['config']['vocab']}: forward+backward ms, {best} vs unchunked",
                          "record", f"{1e3 * fb[best]['median_s']:.1f} vs {1e3 * fb['unchunked']['median_s']:.1f}",
                          "—", "not recorded", _when(exact)])
+    plan = _read(results, "plan", quick)
+    if plan:
+        target = f"within ±{plan['targets']['abs_ratio_minus_1']:.0%}"
+        for case in plan["results"]["cases"]:
+            gc = "on" if case["gradient_checkpointing"] else "off"
+            what = (f"memory plan: training peak, estimate / measured (CPU tensor bytes), {case['size']} model "
+                    f"({case['parameters'] / 1e6:.1f}M), gradient checkpointing {gc}")
+            figures = (f"{case['estimate_bytes']['peak'] / 2**30:.3f} / {case['measured_bytes']['peak'] / 2**30:.3f}"
+                       f" GiB = {case['ratio']:.3f}")
+            rows.append([what, target, figures, _met(case["within_target"]), _load(plan), _when(plan)])
+    return rows
+
+
+def _encode_rows(results: Path, quick: bool) -> list[list[str]]:
+    """`bench_encode`: the step-time ratio against TRL at each G, with the image work of the step."""
+    encode = _read(results, "encode", quick)
+    if not encode:
+        return []
+    rows, target = [], encode["targets"]["cpu_ratio_g8"]
+    trl_preprocessed = 2 * encode["config"]["settings"]["per_device_train_batch_size"]
+    for g in encode["config"]["groups"]:
+        r = encode["results"][str(g)]
+        v = r["vision"]
+        label = (f"encode: CPU time per step, MMR1Trainer (each image encoded once) / TRL GRPOTrainer, G={g} "
+                 f"({r['prompts_per_step']} prompts x {g})")
+        measured = (f"{_spread(r['cpu_ratio'])}; wall step_time {_spread(r['ratio'])}; images encoded "
+                    f"{v['encoded']:.0f} vs TRL's {v['encoded_by_trl']:.0f}, preprocessed {v['preprocessed']:.0f} "
+                    f"vs {trl_preprocessed}")
+        at_g8 = g == 8
+        rows.append([label, f"≤ {target:.2f} at G=8, falling with G" if at_g8 else "falling with G", measured,
+                     _met(encode["results"]["meets_target"]) if at_g8 else "—", _load(encode), _when(encode)])
     return rows
 
 

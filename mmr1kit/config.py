@@ -8,13 +8,14 @@ field. Build it from a dict (papermill parameters), a YAML preset, or the comman
 
 import difflib
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 import yaml
 from trl import GRPOConfig
 
 from mmr1kit import advantages, ledger, signal
+from mmr1kit.config_checks import check_fields, parse_argv, unknown_names
 from mmr1kit.data.ordering import ORDERS
 from mmr1kit.presets import warn_smoke_sizes
 from mmr1kit.scale import check_layout
@@ -38,10 +39,13 @@ class MMR1Config(GRPOConfig):
 
     > Parameters of the run:
 
-    model_name_or_path (`str`, defaults to `"tiny"`): A checkpoint path or hub id, or `"tiny"` / `"tiny-llava"`
-        for mmr1kit's offline tiny models (built once, then cached).
+    model_name_or_path (`str`, defaults to `"tiny"`): A checkpoint path or hub id, or `"tiny"` / `"tiny-<family>"`
+        (`"tiny-llava"`, `"tiny-qwen3_vl"`, `"tiny-gemma3"`, ...: README, "Model families") for mmr1kit's offline
+        tiny models (built once, then cached).
     dataset (`str`, defaults to `"data_cards/synthetic_counting.md"`): A data card, JSON / JSONL file or folder.
     run_dir (`str`, defaults to `"runs/default"`): The run folder; `output_dir` defaults to `<run_dir>/checkpoints`.
+    capsule_every (`int`, defaults to `0`): Every N steps and at the last step, keep the step's batch with the weights
+        and optimizer state its loss used, for `mmr1kit replay` (`docs/objective_lab.md`); 0 keeps none.
 
     > MMR1's parameters (same names, see `docs/metrics.md` for the formulas):
 
@@ -66,6 +70,17 @@ class MMR1Config(GRPOConfig):
     max_nonfinite_steps: int = field(
         default=3, metadata={"help": "Stop (with a checkpoint) after this many consecutive non-finite steps; 0: never."}
     )
+    overwrite_run_dir: bool = field(
+        default=False, metadata={"help": "Move an existing run in run_dir aside (to <run_dir>.old-<time>) and start afresh."}
+    )
+    allow_changes: list[str] = field(
+        default_factory=list, metadata={"help": "On resume: fields that may differ from the run's config.json."}
+    )
+    capsule_every: int = field(
+        default=0,
+        metadata={"help": "Keep one step's batch, weights and optimizer state every N steps and at the last step, "
+                          "for `mmr1kit replay` (0: never; mmr1kit.capsules)."},
+    )
 
     # MMR1: KL
     use_kl: bool = field(default=True, metadata={"help": "Add beta * KL to the loss (KL is logged either way)."})
@@ -85,6 +100,12 @@ class MMR1Config(GRPOConfig):
     )
     rollout_check_threshold: float = field(
         default=0.05, metadata={"help": "Warn when the mean per-token log-prob difference exceeds this (nats)."}
+    )
+    # Repeated image work (mmr1kit.vision_cache)
+    encode_images_once: bool = field(
+        default=True,
+        metadata={"help": "Preprocess each distinct image once per step and encode it once per forward pass, shared "
+                          "by the completions of its group (exact); False: TRL's path, once per completion."},
     )
     # LoRA (TRL ModelConfig names); the reference is then the policy with its adapters disabled
     use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
@@ -158,15 +179,31 @@ class MMR1Config(GRPOConfig):
     save_strategy: str = field(default="steps", metadata={"help": "Checkpointing strategy."})
     save_steps: float = field(default=50, metadata={"help": "Checkpoint every N steps."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
-    report_to: None | str | list[str] = field(default="none", metadata={"help": "tensorboard, wandb, trackio, none."})
+    report_to: None | str | list[str] = field(
+        default="none", metadata={"help": "Trackers beside the run record: tensorboard, trackio, wandb, none."}
+    )
+    # Trackers (mmr1kit.trackers, docs/trackers.md): metrics.jsonl's names and steps, and a throttled rollout table
+    project: str = field(default="mmr1kit", metadata={"help": "The trackers' project (wandb: unless WANDB_PROJECT)."})
+    tracker_rollouts_every: int = field(
+        default=10, metadata={"help": "Send a rollout table to the trackers at step 1, then every N steps (0: never)."}
+    )
+    tracker_rollouts_max_rows: int = field(
+        default=16, metadata={"help": "Rows of a rollout table at most (the step's first rows: whole groups first)."}
+    )
     bf16: bool = field(default=False, metadata={"help": "bf16 is 5x slower on CPU."})
     gradient_checkpointing: bool | None = field(default=False, metadata={"help": "Recompute activations (GPU memory)."})
     use_cpu: bool = field(default_factory=_use_cpu, metadata={"help": "Train on the CPU (auto: no CUDA)."})
 
     def __post_init__(self):
+        check_fields(self)  # mmr1kit.config_checks: types and ranges of every field, one line per bad field
         self._check_fields()
         if self.output_dir is None:
             self.output_dir = str(Path(self.run_dir) / "checkpoints")
+        # transformers 5.23 renamed gradient_checkpointing to activation_checkpointing and warns (FutureWarning) on the
+        # old name whenever the new one is unset; MMR1, TRL and our presets use the old name, so it is mapped across.
+        # transformers 5.17 (the GPU set) has only the old name.
+        if getattr(self, "activation_checkpointing", False) is None:
+            self.activation_checkpointing = bool(self.gradient_checkpointing)
         try:
             super().__post_init__()
         except ValueError as e:
@@ -190,6 +227,11 @@ class MMR1Config(GRPOConfig):
         self.scale_rewards = {True: "group", False: "none"}.get(self.scale_rewards, self.scale_rewards)
         self.kl_in_reward = None if str(self.kl_in_reward).lower() in ("none", "") else self.kl_in_reward
         error = advantages.config_error(self)  # scale_rewards, aggregation, no_mean_for_same_reward, kimifull, KL
+        if error:
+            bad(*error)
+        from mmr1kit import trackers
+
+        error = trackers.config_error(self)  # report_to: installed, folders writable, before anything loads
         if error:
             bad(*error)
         if self.use_peft and (self.kl_approximator == "exact" or self.exact_kl_every):
@@ -280,23 +322,24 @@ class MMR1Config(GRPOConfig):
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> "MMR1Config":
-        """Build from the command line: `[PRESET.yaml] [--field value ...]` (HfArgumentParser types the values)."""
-        from transformers import HfArgumentParser
+        """Build from the command line: `[PRESET.yaml] [--field value ...]`, values converted as a preset's are."""
+        return cls.from_dict(cls.values_from_args(argv))
 
+    @classmethod
+    def values_from_args(cls, argv: list[str] | None = None) -> dict:
+        """The values `[PRESET.yaml] [--field value ...]` sets (the preset's, then the command line's), unchecked."""
         argv = list(argv or [])
-        defaults = {}
+        values = {}
         if argv and argv[0].endswith((".yaml", ".yml")):
-            defaults = yaml.safe_load(Path(argv.pop(0)).read_text()) or {}
-            unknown = sorted(set(defaults) - cls.field_names())
+            preset = argv.pop(0)
+            values = yaml.safe_load(Path(preset).read_text()) or {}
+            if not isinstance(values, dict):
+                raise ValueError(f"{preset}: a preset is a mapping of MMR1Config fields, got {type(values).__name__}")
+            values.pop("base", None)
+            unknown = unknown_names(values, cls.field_names())
             if unknown:
-                raise ValueError(f"MMR1Config: unknown field(s) in preset: {unknown}")
-        parser = HfArgumentParser(cls)
-        # HfArgumentParser turns a bool field with a default_factory into False: restore use_cpu's automatic default
-        parser.set_defaults(**{"use_cpu": _use_cpu(), **defaults})
-        (config, rest) = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-        if rest:
-            raise ValueError(f"MMR1Config: unknown command-line argument(s) {rest}")
-        return config
+                raise ValueError(f"MMR1Config: unknown field(s) in preset {preset}: {unknown}")
+        return {**values, **parse_argv(argv, cls.field_names())}
 
     def to_dict(self) -> dict:
         """The resolved config as plain JSON-able values (written to the run folder)."""
@@ -305,5 +348,7 @@ class MMR1Config(GRPOConfig):
             value = getattr(self, f.name)
             if f.name.endswith("_token") or f.name.startswith("_"):
                 continue
+            if is_dataclass(value):  # accelerator_config: a dict reads back, its repr would not
+                value = asdict(value)
             out[f.name] = value if isinstance(value, (int, float, str, bool, list, dict, type(None))) else str(value)
         return out

@@ -9,6 +9,12 @@ are defined in `mmr1kit.evaluate_metrics`.
 
 A run folder (`mmr1kit.runs`) is evaluated with `run_models` (its starting model, `checkpoints/checkpoint-*` and
 `final/`) and `run_eval_settings` (the dataset, split, prompt templates and pixel bounds of its `config.json`).
+
+`protocol=` runs a published benchmark protocol instead (`mmr1kit.protocols`: its prompt, answer extractor and
+decoding), so the numbers can be compared with the paper's; `evaluate_prompts` evaluates models under several prompts
+into one table. Every record says whether the extractor found an answer (`answered`, `outcome`: `correct`, `wrong`,
+`no_answer`), and every accuracy-like metric gets a bootstrap 95% interval (`<metric>_low`, `<metric>_high`;
+`mmr1kit.evaluate_stats`, which also compares two models on the same examples).
 """
 
 import json
@@ -18,7 +24,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from mmr1kit.evaluate_metrics import TASKS, detection_ap_by_label, score_example, task_metrics
+from mmr1kit.capabilities import check_dataset
+from mmr1kit.evaluate_metrics import TASKS, detection_ap_by_label, task_metrics
 
 
 @dataclass
@@ -49,32 +56,41 @@ def _batches(n, size):
 
 @torch.no_grad()
 def generate(model, processor, dataset, *, batch_size=64, max_new_tokens=16, do_sample=False, temperature=1.0,
-             num_samples=1, seed=0, skip_special_tokens=True) -> list[list[str]]:
+             num_samples=1, seed=0, skip_special_tokens=True, top_p=None, top_k=None,
+             prompts=None) -> list[list[str]]:
     """Completions for every row: a list (rows) of lists (`num_samples` strings).
 
-    Rows are rendered with the processor's chat template after TRL's `prepare_multimodal_messages` puts the image in
-    the first user turn, exactly as `GRPOTrainer` does. Prompts are left-padded.
+    Rows are rendered with the processor's chat template after TRL's `prepare_multimodal_messages` puts the images in
+    the first user turn (or in the prompt's placeholders), exactly as `GRPOTrainer` does; a video row gets its frames
+    and their metadata as the training hook gives them (`mmr1kit.data.media.conversation`). Prompts are left-padded.
+    `prompts` (one message list per row) replaces the rows' `prompt` column (a protocol's prompt).
     """
-    from trl.data_utils import prepare_multimodal_messages
+    from mmr1kit.data.media import conversation
 
     model.eval()
     tokenizer = getattr(processor, "tokenizer", processor)
     tokenizer.padding_side = "left"
+    # A processor takes tokenizer options in `processor_kwargs` (passed loose, transformers 5.23 warns on every call).
+    padding = {"processor_kwargs": {"padding": True}} if tokenizer is not processor else {"padding": True}
     torch.manual_seed(seed)
     outputs = []
     for idx in _batches(len(dataset), batch_size):
-        rows = dataset.select(idx)
-        conversations = [prepare_multimodal_messages(r["prompt"], images=[r["image"]]) for r in rows]
-        inputs = processor.apply_chat_template(conversations, add_generation_prompt=True, tokenize=True,
-                                               return_dict=True, padding=True, return_tensors="pt")
+        rows = [r if prompts is None else {**r, "prompt": prompts[i]} for i, r in zip(idx, dataset.select(idx))]
+        conversations, metadata = zip(*[conversation(r) for r in rows])
+        videos = {"video_metadata": [m for ms in metadata for m in ms], "do_sample_frames": False}
+        kwargs = {**padding.get("processor_kwargs", {}), **(videos if videos["video_metadata"] else {})}
+        inputs = processor.apply_chat_template(list(conversations), add_generation_prompt=True, tokenize=True,
+                                               return_dict=True, return_tensors="pt",
+                                               **({"processor_kwargs": kwargs} if tokenizer is not processor
+                                                  else padding))
         inputs = inputs.to(model.device)
         generated = model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,
             temperature=temperature if do_sample else None,
-            top_p=None,
-            top_k=None,
+            top_p=top_p if do_sample else None,
+            top_k=top_k if do_sample else None,
             num_return_sequences=num_samples,
         )
         texts = processor.batch_decode(generated[:, inputs["input_ids"].shape[1]:],
@@ -111,7 +127,7 @@ def _load(model_or_path, processor, device, min_pixels, max_pixels):
 
 def evaluate(model_or_path, dataset, task: str = "counting", *, processor=None, batch_size=64, max_new_tokens=16,
              num_samples=1, temperature=1.0, seed=0, label=None, device=None, min_pixels=None, max_pixels=None,
-             skip_special_tokens=True) -> EvalResult:
+             skip_special_tokens=True, protocol=None) -> EvalResult:
     """Evaluate a model (or checkpoint path) on `dataset` for `task`.
 
     Args:
@@ -123,42 +139,79 @@ def evaluate(model_or_path, dataset, task: str = "counting", *, processor=None, 
         num_samples (`int`): 1 = greedy; k > 1 = k samples at `temperature`, adds `pass@k`.
         label (`str`, *optional*): Stored in a `label` column (e.g. "warm start", "after GRPO").
         device (`str`, *optional*): Where a model loaded from a path goes (default: CUDA if available).
+        protocol (*optional*): A `mmr1kit.protocols` name, `Protocol` or data card naming one. Its prompt replaces
+            the dataset's (unless it keeps it), its extractor and matcher score, and its decoding wins over
+            `temperature` / `skip_special_tokens` (and over `max_new_tokens` where it fixes a length). Default: the
+            `training` protocol (the dataset's prompt, the task's lenient parser, greedy).
 
     Returns:
-        `EvalResult`. `records` columns: `id`, `sample`, `solution`, `completion`, `answer`, `score`, `correct`, the
-        task's fields (see `mmr1kit.evaluate_metrics`), `image_path`, every scalar dataset column (e.g. `count`,
-        `difficulty`) and `label`. `metrics` (first sample of each example): `n`, `accuracy`, the task's
-        aggregates and `pass@k` when sampling. `per_class`: accuracy by `count` (counting) or AP by label
-        (detection).
+        `EvalResult`. `records` columns: `id`, `sample`, `solution`, `completion`, `answer`, `answered`, `outcome`
+        (`correct` / `wrong` / `no_answer`), `score`, `correct`, the task's fields (see
+        `mmr1kit.evaluate_metrics`), `image_path`, every scalar dataset column (e.g. `count`, `difficulty`),
+        `protocol` and `label`. `metrics` (first sample of each example): `task`, `protocol`, `n`, `accuracy`, the
+        task's aggregates, `no_answer_rate`, `<metric>_low` / `<metric>_high` (bootstrap 95% intervals) and
+        `pass@k` when sampling. `per_class`: accuracy by `count` (counting) or AP by label (detection).
     """
+    from mmr1kit.evaluate_stats import metric_intervals, outcomes
+    from mmr1kit.protocols import get_protocol, render_prompt, score
+
+    protocol = get_protocol(protocol)
     task = dataset_task(dataset) if task == "auto" else task
     if task not in TASKS:
         raise ValueError(f"evaluate: task={task!r} is not one of {sorted(TASKS)} or 'auto'")
+    decoding = protocol.decoding
+    max_new_tokens = decoding.max_new_tokens or max_new_tokens
+    if protocol.name != "training":  # the default protocol leaves sampling to the arguments, as before protocols
+        temperature, skip_special_tokens = decoding.temperature, decoding.skip_special_tokens
     model, processor = _load(model_or_path, processor, device, min_pixels, max_pixels)
+    check_dataset(dataset, processor, model, mode="error", max_pixels=max_pixels, max_completion_length=max_new_tokens)
+    prompts = None if protocol.keeps_prompt else [render_prompt(r, protocol) for r in _rows_without_media(dataset)]
     completions = generate(model, processor, dataset, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                           do_sample=num_samples > 1, temperature=temperature, num_samples=num_samples, seed=seed,
-                           skip_special_tokens=skip_special_tokens)
+                           do_sample=decoding.do_sample or num_samples > 1, temperature=temperature,
+                           num_samples=num_samples, seed=seed, skip_special_tokens=skip_special_tokens,
+                           top_p=decoding.top_p, top_k=decoding.top_k, prompts=prompts)
     records = []
-    for i, row in enumerate(dataset.remove_columns(["image"])):
+    for i, row in enumerate(_rows_without_media(dataset)):
         extra = {k if k not in RESERVED else f"row_{k}": v for k, v in row.items()
                  if k not in ("prompt", "solution", "id") and isinstance(v, PASSTHROUGH)}
+        extra.update({k: v for k, v in (("images", row.get("image_paths")), ("video", row.get("video"))) if v})
         for j, text in enumerate(completions[i]):
             record = {**extra, "id": row["id"], "sample": j, "solution": row["solution"], "completion": text}
-            record.update(score_example(task, text, row))
+            record.update(score(protocol, task, text, row))
+            record["protocol"] = protocol.name
             if label is not None:
                 record["label"] = label
             records.append(record)
     df = pd.DataFrame(records)
+    df["outcome"] = outcomes(df)
     first = df[df["sample"] == 0].reset_index(drop=True)
-    metrics = {"task": task, **task_metrics(task, first)}
+    metrics = {"task": task, "protocol": protocol.name, **task_metrics(task, first),
+               "no_answer_rate": float((first["outcome"] == "no_answer").mean())}
+    first = first.assign(no_answer=first["outcome"] == "no_answer")
+    metrics.update(metric_intervals(first, {**INTERVALS.get(task, {}), "accuracy": "correct",
+                                            "no_answer_rate": "no_answer"}, seed=seed))
     if num_samples > 1:
-        metrics[f"pass@{num_samples}"] = float(df.groupby("id")["correct"].any().mean())
+        solved = df.groupby("id")["correct"].any().astype(float)
+        metrics[f"pass@{num_samples}"] = float(solved.mean())
+        metrics.update(metric_intervals(pd.DataFrame({"solved": solved}), {f"pass@{num_samples}": "solved"}, seed=seed))
     per_class = None
     if task == "detection":
         per_class = detection_ap_by_label(first)
     elif "count" in first:
         per_class = accuracy_by(df, "count")
     return EvalResult(records=df, metrics=metrics, per_class=per_class)
+
+
+# task -> {metric: per-example column} of the means that get a bootstrap interval (detection AP is not a mean of
+# per-example values: its interval would need COCOeval per resample, too slow here)
+INTERVALS = {"counting": {"parse_rate": "answered"},
+             "grounding": {"acc@0.5": "correct", "mean_iou": "iou", "center_acc": "center_hit"},
+             "ocr": {"anls": "anls", "ned_similarity": "ned_similarity"}, "detection": {"mean_f1": "score"}}
+
+
+def _rows_without_media(dataset):
+    """The dataset's rows with the decoded image columns dropped (paths stay in `image_path` / `image_paths`)."""
+    return dataset.remove_columns([c for c in ("image", "images") if c in dataset.column_names])
 
 
 def accuracy_by(records: pd.DataFrame, column: str = "count") -> pd.DataFrame:
@@ -289,6 +342,38 @@ def evaluate_models(models: dict, dataset, task: str = "auto", **kwargs) -> tupl
     return pd.concat(records, ignore_index=True), pd.DataFrame(table).set_index("label")
 
 
+def evaluate_prompts(models: dict, dataset, task: str = "auto", *, protocol=None,
+                     prompts=("training", "direct", "reasoning"), **kwargs) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Evaluate every model under every prompt: one table, rows `(label, prompt)`.
+
+    Each prompt replaces the protocol's prompt and keeps its extractor and decoding, so the table shows the effect of
+    the prompt next to the effect of training (a base model may gain more from a direct-answer prompt than from
+    GRPO). `prompts` are names of `mmr1kit.protocols.PROMPTS` or a dict `{name: (system_prompt, question_template)}`
+    (`(None, None)`: the dataset's prompt). Each model is loaded once; `kwargs` go to `evaluate`.
+
+    Returns:
+        `(records, table)`: the records with a `prompt` column; the metrics table indexed by `(label, prompt)`.
+    """
+    from mmr1kit.protocols import PROMPTS, get_protocol
+
+    base = get_protocol(protocol)
+    if not isinstance(prompts, dict):
+        unknown = [p for p in prompts if p not in PROMPTS]
+        if unknown:
+            raise ValueError(f"evaluate_prompts: unknown prompt(s) {unknown}; available: {', '.join(PROMPTS)}")
+        prompts = {p: PROMPTS[p] for p in prompts}
+    load = {k: kwargs.pop(k, None) for k in ("processor", "device", "min_pixels", "max_pixels")}
+    records, table = [], []
+    for label, source in models.items():
+        model, processor = _load(source, load["processor"], load["device"], load["min_pixels"], load["max_pixels"])
+        for name, (system, question) in prompts.items():
+            result = evaluate(model, dataset, task, label=label, protocol=base.with_prompt(system, question),
+                              processor=processor, max_pixels=load["max_pixels"], **kwargs)
+            records.append(result.records.assign(prompt=name))
+            table.append({"label": label, "prompt": name, **result.metrics})
+    return pd.concat(records, ignore_index=True), pd.DataFrame(table).set_index(["label", "prompt"])
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Failures, drawn
 # --------------------------------------------------------------------------------------------------------------
@@ -308,6 +393,11 @@ def failure_gallery(records: pd.DataFrame, *, max_items: int = 8, ncols: int = 4
     wrong = records[(records["sample"] == 0) & ~records["correct"].astype(bool)].head(max_items)
     frame = pd.DataFrame({"image": wrong["image_path"], "completion": wrong["completion"],
                           "score": wrong["score"], "solution": wrong["solution"]})
+    for media in ("images", "video"):  # a multi-image / video row shows all its images / key frames
+        if media in wrong:
+            frame[media] = wrong[media].tolist()
+    if "answer" in wrong:  # the parsed prediction, shown next to the ground truth
+        frame["answer"] = wrong["answer"]
     if "label" in wrong:
         frame["prompt_id"] = wrong["id"].astype(str) + " · " + wrong["label"].astype(str)
     fig = rollout_gallery(frame.reset_index(drop=True), ncols=ncols, max_items=max_items, reward_cols=["score"],

@@ -68,8 +68,9 @@ def _pixels(box, convention: str, size) -> list[float] | None:
 def score_example(task: str, completion: str, row: dict) -> dict:
     """Score one completion (plain text) against its dataset `row`; return the task's record fields.
 
-    Every task returns `answer` (the extracted answer text), `score` (float) and `correct` (bool); see the module
-    docstring for the task-specific fields.
+    Every task returns `answer` (the extracted answer text), `answered` (whether the parser found an answer: a
+    number for counting, a box for grounding, boxes or an explicit `[]` for detection, any text otherwise), `score`
+    (float) and `correct` (bool); see the module docstring for the task-specific fields.
     """
     answer = extract_answer(completion)
     solution = row["solution"]
@@ -77,16 +78,18 @@ def score_example(task: str, completion: str, row: dict) -> dict:
         pred, gold = parse_number(answer), parse_number(extract_answer(str(solution)))
         correct = pred is not None and gold is not None and pred == gold
         error = abs(pred - gold) if pred is not None and gold is not None else None
-        return {"answer": answer, "pred_count": pred, "abs_error": error, "score": float(correct), "correct": correct}
+        return {"answer": answer, "answered": pred is not None, "pred_count": pred, "abs_error": error,
+                "score": float(correct), "correct": correct}
     if task == "math":
         correct = answers_match(answer, extract_answer(str(solution)))
-        return {"answer": answer, "score": float(correct), "correct": correct}
+        return {"answer": answer, "answered": bool(answer), "score": float(correct), "correct": correct}
     if task == "ocr":
         refs = reference_answers(solution)
         anls = anls_score(answer, refs)
         ned = max(ocr_score(answer, r) for r in refs)
         exact = any(normalize_whitespace(answer).casefold() == normalize_whitespace(r).casefold() for r in refs)
-        return {"answer": answer, "anls": anls, "ned_similarity": ned, "score": anls, "correct": exact}
+        return {"answer": answer, "answered": bool(answer.strip()), "anls": anls, "ned_similarity": ned,
+                "score": anls, "correct": exact}
     convention = row.get("box_convention") or "pixel"
     size = _size(row)
     if task == "grounding":
@@ -96,8 +99,8 @@ def score_example(task: str, completion: str, row: dict) -> dict:
         iou = box_iou(pred, gt) if pred and gt else 0.0
         center = bool(pred and gt and gt[0] <= (pred[0] + pred[2]) / 2 <= gt[2] and gt[1] <= (pred[1] + pred[3]) / 2
                       <= gt[3])
-        return {"answer": answer, "iou": iou, "center_hit": center, "parsed": pred is not None, "gt_box": gt,
-                "pred_box": pred, "score": iou, "correct": iou >= 0.5}
+        return {"answer": answer, "answered": pred is not None, "iou": iou, "center_hit": center,
+                "parsed": pred is not None, "gt_box": gt, "pred_box": pred, "score": iou, "correct": iou >= 0.5}
     if task == "detection":
         gt = [(_pixels(b, convention, size), label) for b, label in parse_solution_boxes(solution)]
         found = parse_boxes(answer, convention, limit=MAX_PRED_BOXES + 1)[:MAX_PRED_BOXES]
@@ -105,7 +108,8 @@ def score_example(task: str, completion: str, row: dict) -> dict:
         gt, pred = [g for g in gt if g[0]], [p for p in pred if p[0]]
         matched = len(match_detections(pred, gt, 0.5))
         f1 = 1.0 if not pred and not gt else 2 * matched / (len(pred) + len(gt))
-        return {"answer": answer, "gt_boxes": [b for b, _ in gt], "gt_labels": [lab or "" for _, lab in gt],
+        return {"answer": answer, "answered": bool(found) or "[]" in answer.replace(" ", ""),
+                "gt_boxes": [b for b, _ in gt], "gt_labels": [lab or "" for _, lab in gt],
                 "pred_boxes": [b for b, _ in pred], "pred_labels": [lab or "" for _, lab in pred],
                 "n_gt": len(gt), "n_pred": len(pred), "n_matched": matched, "score": f1, "correct": f1 == 1.0}
     raise ValueError(f"task={task!r} is not one of {TASKS}")

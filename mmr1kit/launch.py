@@ -42,12 +42,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_launch_config(config_dict: dict, num_processes: int = 1) -> Path:
-    """Validate `config_dict` as `MMR1Config` fields for `num_processes` processes and write it as YAML.
-
-    The file is `<run_dir>/launch.yaml`: the preset the launched processes read. Validation runs here, in the caller's
-    process, so a bad field or an impossible layout fails before anything is launched.
-    """
+def check_for_processes(config_dict: dict, num_processes: int):
+    """Build `config_dict` (`MMR1Config` fields) as each of `num_processes` processes will, in this process: every
+    field, and the batch layout for that many processes (group divisibility, vLLM tensor parallelism). Returns the
+    config it built, whose batch fields are those of all the processes together. Raises `ValueError` naming the
+    field."""
     from mmr1kit.config import MMR1Config
     from mmr1kit.scale import check_layout
 
@@ -70,6 +69,18 @@ def write_launch_config(config_dict: dict, num_processes: int = 1) -> Path:
             os.environ.pop("WORLD_SIZE", None)
         else:
             os.environ["WORLD_SIZE"] = previous
+    return config
+
+
+def write_launch_config(config_dict: dict, num_processes: int = 1) -> Path:
+    """Validate `config_dict` as `MMR1Config` fields for `num_processes` processes (`check_for_processes`) and write
+    it as YAML.
+
+    The file is `<run_dir>/launch.yaml`: the preset the launched processes read. Validation runs here, in the caller's
+    process, so a bad field or an impossible layout fails before anything is launched.
+    """
+    config = check_for_processes(config_dict, num_processes)
+    values = {k: (str(v) if isinstance(v, Path) else v) for k, v in config_dict.items()}
     run_dir = Path(config.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     values["run_dir"] = str(run_dir)

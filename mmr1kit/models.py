@@ -1,14 +1,16 @@
 """Load vision-language policies, and build the tiny offline models that are mmr1kit's embedded default.
 
 `build_tiny_vlm` writes a real Hugging Face checkpoint folder: a byte-level BPE tokenizer trained locally (Qwen2's
-pre-tokenizer, the Qwen-VL special tokens and chat template), the stock processor of the architecture, and random
+pre-tokenizer, the family's special tokens and chat template), the stock processor of the architecture, and random
 weights. `AutoProcessor.from_pretrained` / `AutoModelForImageTextToText.from_pretrained` load it like any hub model,
 so the rest of mmr1kit never branches on "tiny" or on a model's name.
 
-Two architectures are built: `"qwen2_5_vl"` (the default policy, as in MMR1's Qwen2.5-VL runs) and `"llava"`
-(MMR1's quick start trained LLaVA-1.5), used by the tests to show that one code path serves both.
+The families that can be built are the `model_type`s of `mmr1kit.families.FAMILIES`: `"qwen2_5_vl"` (the default
+policy, as in MMR1's Qwen2.5-VL runs), `"llava"` (MMR1's quick start trained LLaVA-1.5), `"qwen2_vl"`, `"qwen3_vl"`,
+`"gemma3"`, `"idefics3"`, `"smolvlm"` and `"internvl"`; the tests train every one through the same code path.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -16,44 +18,12 @@ from pathlib import Path
 
 import torch
 
-SPECIAL_TOKENS = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-    "<|box_start|>",
-    "<|box_end|>",
-    "<|object_ref_start|>",
-    "<|object_ref_end|>",
-    "<image>",  # LLaVA's image placeholder
-]
+from mmr1kit.families import FAMILIES, family
 
-# The official Qwen2-VL chat template (an image part renders as <|vision_start|><|image_pad|><|vision_end|>).
-QWEN_CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
-    "{% endif %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
-    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+ARCHITECTURES = tuple(FAMILIES)
+SPECIAL_TOKENS = FAMILIES["qwen2_5_vl"].special_tokens  # the default tiny model's tokenizer
 
-# LLaVA renders an image part as "<image>"; ChatML turns keep one tokenizer for both architectures.
-LLAVA_CHAT_TEMPLATE = QWEN_CHAT_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<image>\n")
-
-ARCHITECTURES = ("qwen2_5_vl", "llava")
-
-# Size "S" of ../shared/research/learning-feasibility.md: 0.7M parameters, learns the counting task in minutes.
+# Size "S" of docs/demo.md: 0.7M parameters, learns the counting task in minutes.
 # initializer_range 0.1, not HF's 0.02: at 0.02 a tiny VLM trained from scratch ignores the image.
 DEFAULT_SIZE = dict(
     hidden_size=128,
@@ -88,11 +58,15 @@ def _corpus() -> list[str]:
     return lines * 3
 
 
-def build_tokenizer(vocab_size: int = 1024):
+def build_tokenizer(vocab_size: int = 1024, arch: str = "qwen2_5_vl"):
     """Train a byte-level BPE with Qwen2's pre-tokenizer and wrap it as a `Qwen2Tokenizer` (no download).
 
-    Byte-level BPE covers all 256 bytes, so no input ever maps to an unknown token.
+    Byte-level BPE covers all 256 bytes, so no input ever maps to an unknown token. The special tokens of `arch`'s
+    family (`mmr1kit.families.FAMILIES`) follow the BPE vocabulary; its named ones (e.g. Gemma 3's `boi_token`)
+    become tokenizer attributes. One tokenizer class serves every family: the processors only need the tokens.
     """
+    fam = family(arch)
+    specials = fam.special_tokens
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
@@ -112,151 +86,22 @@ def build_tokenizer(vocab_size: int = 1024):
     vocab = dict(model["vocab"])
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
     n_bpe = len(vocab)
-    for i, t in enumerate(SPECIAL_TOKENS):
+    for i, t in enumerate(specials):
         vocab[t] = n_bpe + i
+    named = set(fam.named.values())
     hf_tok = Qwen2Tokenizer(
         vocab=vocab,
         merges=merges,
         unk_token=None,
-        eos_token="<|im_end|>",
+        eos_token=fam.eos,
         pad_token="<|endoftext|>",
-        extra_special_tokens=SPECIAL_TOKENS[1:],
+        bos_token=fam.bos,
+        extra_special_tokens=fam.named or [t for t in specials[1:] if t not in named],
     )
+    if fam.named:  # named specials are attributes; the others are added as plain special tokens
+        hf_tok.add_special_tokens({"additional_special_tokens": [t for t in specials if t not in named]})
     hf_tok.padding_side = "left"
     return hf_tok
-
-
-def _qwen_model(tok, seed: int, size: dict):
-    from transformers import (
-        GenerationConfig,
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessorPil,
-        Qwen2VLVideoProcessor,
-    )
-
-    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    hidden, heads = size["hidden_size"], size["num_attention_heads"]
-    half = hidden // heads // 2  # mrope_section (temporal, height, width) must sum to head_dim / 2
-    mrope = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
-    text = dict(
-        vocab_size=-(-len(tok) // 64) * 64,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=size["num_hidden_layers"],
-        num_attention_heads=heads,
-        num_key_value_heads=size["num_key_value_heads"],
-        max_position_embeddings=2048,
-        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope},
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
-        initializer_range=size["initializer_range"],
-        tie_word_embeddings=False,
-    )
-    vision = dict(
-        depth=size["vision_depth"],
-        hidden_size=size["vision_hidden_size"],
-        intermediate_size=2 * size["vision_hidden_size"],
-        num_heads=size["vision_heads"],
-        out_hidden_size=hidden,
-        patch_size=14,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-        window_size=56,
-        fullatt_block_indexes=[size["vision_depth"] - 1],
-        initializer_range=size["initializer_range"],
-    )
-    config = Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        initializer_range=size["initializer_range"],
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
-    image_processor = Qwen2VLImageProcessorPil(
-        size={"shortest_edge": size["min_pixels"], "longest_edge": size["max_pixels"]},
-        patch_size=14,
-        temporal_patch_size=2,
-        merge_size=2,
-    )
-    processor = Qwen2_5_VLProcessor(
-        image_processor=image_processor,
-        tokenizer=tok,
-        video_processor=Qwen2VLVideoProcessor(),
-        chat_template=QWEN_CHAT_TEMPLATE,
-    )
-    eos = [ids["<|im_end|>"], ids["<|endoftext|>"]]
-    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=ids["<|endoftext|>"], do_sample=True)
-    return model, processor
-
-
-def _llava_model(tok, seed: int, size: dict):
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        GenerationConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-        Qwen2Config,
-    )
-
-    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    hidden = size["hidden_size"]
-    side = int(size["max_pixels"] ** 0.5) // 14 * 14  # CLIP takes a fixed square input
-    text = Qwen2Config(
-        vocab_size=-(-len(tok) // 64) * 64,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=size["num_hidden_layers"],
-        num_attention_heads=size["num_attention_heads"],
-        num_key_value_heads=size["num_key_value_heads"],
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
-        initializer_range=size["initializer_range"],
-    )
-    vision = CLIPVisionConfig(
-        hidden_size=size["vision_hidden_size"],
-        intermediate_size=2 * size["vision_hidden_size"],
-        num_hidden_layers=size["vision_depth"],
-        num_attention_heads=size["vision_heads"],
-        image_size=side,
-        patch_size=14,
-        initializer_range=size["initializer_range"],
-    )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=ids["<image>"],
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
-        initializer_range=size["initializer_range"],
-    )
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": side}, crop_size={"height": side, "width": side}, do_center_crop=True
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tok,
-        patch_size=14,
-        vision_feature_select_strategy="default",
-        chat_template=LLAVA_CHAT_TEMPLATE,
-        image_token="<image>",
-        num_additional_image_tokens=1,
-    )
-    eos = [ids["<|im_end|>"], ids["<|endoftext|>"]]
-    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=ids["<|endoftext|>"], do_sample=True)
-    return model, processor
 
 
 def build_tiny_vlm(out_dir, seed: int = 0, arch: str = "qwen2_5_vl", **size) -> Path:
@@ -265,7 +110,8 @@ def build_tiny_vlm(out_dir, seed: int = 0, arch: str = "qwen2_5_vl", **size) -> 
     Args:
         out_dir (`str` or `Path`): Folder to write (`config.json`, `model.safetensors`, tokenizer and processor files).
         seed (`int`, *optional*, defaults to `0`): Seed of the weight initialisation.
-        arch (`str`, *optional*, defaults to `"qwen2_5_vl"`): `"qwen2_5_vl"` or `"llava"`.
+        arch (`str`, *optional*, defaults to `"qwen2_5_vl"`): A `model_type` of `mmr1kit.families.FAMILIES`
+            (`qwen2_5_vl`, `qwen2_vl`, `qwen3_vl`, `llava`, `gemma3`, `idefics3`, `smolvlm`, `internvl`).
         **size: Overrides of `DEFAULT_SIZE` (`hidden_size`, `num_hidden_layers`, `num_attention_heads`,
             `num_key_value_heads`, `vision_hidden_size`, `vision_depth`, `vision_heads`, `initializer_range`,
             `min_pixels`, `max_pixels`).
@@ -280,8 +126,8 @@ def build_tiny_vlm(out_dir, seed: int = 0, arch: str = "qwen2_5_vl", **size) -> 
         raise ValueError(f"build_tiny_vlm: arch={arch!r} is not one of {ARCHITECTURES}")
     size = {**DEFAULT_SIZE, **size}
     out_dir = Path(out_dir)
-    tok = build_tokenizer()
-    model, processor = (_qwen_model if arch == "qwen2_5_vl" else _llava_model)(tok, seed, size)
+    tok = build_tokenizer(arch=arch)
+    model, processor = family(arch).build(tok, seed, size)
     tmp = out_dir.with_name(out_dir.name + ".partial")
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
@@ -299,16 +145,32 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MMR1KIT_CACHE", Path.home() / ".cache" / "mmr1kit"))
 
 
+@contextlib.contextmanager
+def cache_lock(entry):
+    """Hold an exclusive lock on `<entry>.lock` while building a cache entry: processes that start at once (the
+    points of a sweep, the tasks of a Slurm array) build it once; the others wait, then find it built.
+    (The standard library's `fcntl.flock`: a lock on a file that is released when its holder exits or dies.)"""
+    import fcntl
+
+    path = Path(f"{entry}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def tiny_vlm(seed: int = 0, arch: str = "qwen2_5_vl", **size) -> Path:
     """Return the path of a tiny model with these parameters, building it once and reusing it afterwards.
 
     The cache key hashes the build parameters and this file's builder version, so a change of either rebuilds.
     """
-    params = {"seed": seed, "arch": arch, **DEFAULT_SIZE, **size, "version": 1}
+    params = {"seed": seed, "arch": arch, **DEFAULT_SIZE, **size, "version": 2}
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     path = cache_dir() / "models" / f"tiny-{arch}-{key}"
     if not (path / "config.json").exists():
-        build_tiny_vlm(path, seed=seed, arch=arch, **size)
+        with cache_lock(path):
+            if not (path / "config.json").exists():
+                build_tiny_vlm(path, seed=seed, arch=arch, **size)
     return path
 
 

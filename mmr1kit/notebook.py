@@ -24,6 +24,7 @@ from typing import Any
 
 import nbformat
 
+from mmr1kit import noise
 from mmr1kit.parameters import (  # noqa: F401 - check_parameters, load_preset, parameter_type: importable from here
     _display,
     check_parameters,
@@ -86,6 +87,11 @@ class NotebookRunError(RuntimeError):
                 f"run folder: {_display(self.run_dir)}.")
 
 
+class NotebookInterrupted(NotebookRunError):
+    """The notebook stopped on Ctrl-C (`mmr1kit.interrupt`): training ended at the end of a step, with a checkpoint;
+    the partial notebook and its HTML report are kept."""
+
+
 def render_html(executed_ipynb: str | os.PathLike, html_path: str | os.PathLike | None = None) -> Path:
     """Render an executed notebook to one standalone HTML file (images embedded as base64).
 
@@ -104,7 +110,7 @@ def render_html(executed_ipynb: str | os.PathLike, html_path: str | os.PathLike 
     # Saved widget state makes nbconvert load widget JavaScript from a CDN; without it the widgets' text/html
     # fallback renders, so the report stays readable offline.
     nb.metadata.pop("widgets", None)
-    body, _ = HTMLExporter(embed_images=True).from_notebook_node(nb, resources={"metadata": {
+    body, _ = HTMLExporter(embed_images=True, log=noise.report_log()).from_notebook_node(nb, resources={"metadata": {
         "name": executed_ipynb.stem}})
     tmp = html_path.with_name(html_path.name + ".tmp")
     tmp.write_text(body, encoding="utf-8")
@@ -116,7 +122,8 @@ def run_notebook(notebook: str | os.PathLike, *, parameters: Mapping[str, Any] |
                  preset: str | os.PathLike | Mapping[str, Any] | None = None,
                  run_dir: str | os.PathLike | None = None, kernel_name: str = "python3",
                  cwd: str | os.PathLike | None = None, log_output: bool = True, progress: bool = True,
-                 execution_timeout: int | None = None) -> RunResult:
+                 execution_timeout: int | None = None, resume: bool = False, overwrite: bool = False,
+                 allow_changes: tuple[str, ...] = ()) -> RunResult:
     """Execute a notebook with papermill into a run folder and render its HTML report.
 
     Args:
@@ -133,16 +140,24 @@ def run_notebook(notebook: str | os.PathLike, *, parameters: Mapping[str, Any] |
         log_output (`bool`, *optional*, defaults to `True`): log cell outputs (papermill `--log-output`).
         progress (`bool`, *optional*, defaults to `True`): show papermill's progress bar.
         execution_timeout (`int`, *optional*): seconds allowed per cell.
+        resume (`bool`, *optional*): continue the run in `run_dir` with the parameters of its executed notebook
+            (a notebook that declares `resume_from_checkpoint`); `parameters` that differ from them are refused
+            unless named in `allow_changes`.
+        overwrite (`bool`, *optional*): move a run already in `run_dir` aside (to `<run_dir>.old-<time>`).
 
     Returns:
         `RunResult`
 
     Raises:
-        `ValueError`: bad notebook parameters cell, unknown parameter names or values of the wrong type (raised
-            before anything runs). `NotebookRunError`: a cell failed; the partial notebook and HTML are kept.
+        `ValueError`: bad notebook parameters cell, unknown parameter names, values of the wrong type or out of
+            range, a run folder that holds another run (`mmr1kit.preflight`: all raised before anything runs).
+            `NotebookRunError`: a cell failed; the partial notebook and HTML are kept. `NotebookInterrupted`: Ctrl-C.
     """
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
+
+    from mmr1kit.interrupt import forward_interrupts
+    from mmr1kit.preflight import prepare_notebook_run
 
     notebook = Path(notebook).resolve()
     declared = notebook_parameters(notebook)
@@ -152,6 +167,8 @@ def run_notebook(notebook: str | os.PathLike, *, parameters: Mapping[str, Any] |
     run_dir = Path(run_dir if run_dir is not None else given_run_dir or _default_run_dir(notebook)).resolve()
     if "run_dir" in declared:
         params["run_dir"] = str(run_dir)
+    params = prepare_notebook_run(notebook, params, declared, run_dir, cwd=cwd, resume=resume, overwrite=overwrite,
+                                  allow_changes=allow_changes)
     run_dir.mkdir(parents=True, exist_ok=True)
     output = run_dir / notebook.name
     html = run_dir / f"{notebook.stem}.html"
@@ -159,9 +176,12 @@ def run_notebook(notebook: str | os.PathLike, *, parameters: Mapping[str, Any] |
     start, error = time.perf_counter(), None
     engine_kwargs = {"execution_timeout": execution_timeout} if execution_timeout is not None else {}
     try:
-        with _headless_kernel():
+        bar = noise.show_progress_bar(progress)
+        # Ctrl-C goes to the kernel, which stops training at the end of a step
+        with _headless_kernel(), forward_interrupts() as interrupts, noise.kernel_config() as kernel, \
+                noise.quiet_papermill(bar and log_output):
             pm.execute_notebook(str(notebook), str(output), parameters=params, kernel_name=kernel_name,
-                                cwd=str(cwd), log_output=log_output, progress_bar=progress, **engine_kwargs)
+                                cwd=str(cwd), log_output=log_output, progress_bar=bar, **engine_kwargs, **kernel)
     except Exception as exc:  # noqa: BLE001 - any failure still gets its report rendered, then is re-raised
         error = exc
     wall = time.perf_counter() - start
@@ -181,7 +201,8 @@ def run_notebook(notebook: str | os.PathLike, *, parameters: Mapping[str, Any] |
                 "traceback": []}
     code_cell, exec_count = _locate_failure(output)
     info["exec_count"] = info["exec_count"] or exec_count
-    raise NotebookRunError(notebook=notebook, run_dir=run_dir, output_notebook=output, html=html_done,
+    interrupted = interrupts["count"] > 0 or info["ename"] in ("TrainingInterrupted", "KeyboardInterrupt")
+    raise (NotebookInterrupted if interrupted else NotebookRunError)(notebook=notebook, run_dir=run_dir, output_notebook=output, html=html_done,
                            code_cell=code_cell, **info) from error
 
 

@@ -7,6 +7,7 @@
       rollouts.jsonl     every completion: step, prompt id, image, completion, per-function rewards, advantage
       prompts.jsonl      the prompt ledger: every visit of every prompt, its pass rate (mmr1kit.ledger)
       checkpoints/       trainer checkpoints (TRL / transformers format, safetensors)
+      capsules/          step-<s>/: one step's batch, weights and optimizer state (`capsule_every`, mmr1kit.capsules)
       *.png              figures
       summary.json       final figures of the run
       <notebook>.ipynb / .html   the executed notebook and its report
@@ -140,6 +141,9 @@ class RunRecorder:
         index_path = self.path / "checkpoints.json"
         if index_path.exists():  # checkpoints saved after `step` by the dead process are gone from the index too
             write_json(index_path, [c for c in json.loads(index_path.read_text()) if c["step"] <= step])
+        from mmr1kit.capsules import drop_after
+
+        drop_after(self.path, step)  # capsules of steps the resumed run trains again (mmr1kit.capsules)
 
     def record_checkpoint(self, step: int, path) -> Path:
         """Add a checkpoint to `checkpoints.json`, the index of the run's checkpoints (atomic)."""
@@ -166,6 +170,7 @@ class Run:
     metrics: pd.DataFrame
     rollouts: pd.DataFrame
     warnings: list[str] = field(default_factory=list)
+    repeated_steps: dict[str, list[int]] = field(default_factory=dict)  # file name -> steps recorded more than once
 
     @property
     def name(self) -> str:
@@ -182,8 +187,31 @@ def _read_json(path, warnings):
         return {}
 
 
+def repeated_steps(rows: list[dict], per_step: str = "one") -> list[int]:
+    """Steps recorded more than once, in the order they repeat.
+
+    `per_step="one"` (metrics.jsonl): a step's row appears more than once. `"block"` (rollouts.jsonl, many rows a
+    step): a step's rows appear again after another step's, i.e. the step was recorded by two runs or two starts.
+    """
+    seen, repeated, previous = set(), [], object()
+    for row in rows:
+        step = row.get("step")
+        if step is None:
+            continue
+        if (step in seen and (per_step == "one" or step != previous)) and step not in repeated:
+            repeated.append(step)
+        seen.add(step)
+        previous = step
+    return repeated
+
+
 def load_run(path) -> Run:
-    """Read a run folder. Missing files give empty frames / dicts; torn lines are dropped and listed in `.warnings`."""
+    """Read a run folder, every row as written.
+
+    Missing files give empty frames / dicts; torn lines are dropped and listed in `.warnings`. Steps recorded more
+    than once (two runs appended to one folder, or a resume that did not drop a dead run's tail) are kept, listed in
+    `.repeated_steps` and named in `.warnings`, never dropped quietly.
+    """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"no run folder at {path}")
@@ -191,15 +219,19 @@ def load_run(path) -> Run:
     metrics, w1 = read_jsonl(path / "metrics.jsonl")
     rollouts, w2 = read_jsonl(path / "rollouts.jsonl")
     warnings += w1 + w2
-    metrics_df = pd.DataFrame(metrics)
-    if "step" in metrics_df:  # a resumed run may have re-logged a step: the later record wins
-        metrics_df = metrics_df.drop_duplicates("step", keep="last").sort_values("step").reset_index(drop=True)
+    repeated = {name: steps for name, steps in (("metrics.jsonl", repeated_steps(metrics, "one")),
+                                                ("rollouts.jsonl", repeated_steps(rollouts, "block"))) if steps}
+    for name, steps in repeated.items():
+        shown = ", ".join(map(str, steps[:10])) + (f" and {len(steps) - 10} more" if len(steps) > 10 else "")
+        warnings.append(f"{name}: step(s) {shown} recorded more than once (two runs in one folder?); "
+                        f"every row is kept as written")
     return Run(
         path=path,
         config=_read_json(path / "config.json", warnings),
         manifest=_read_json(path / "manifest.json", warnings),
         summary=_read_json(path / "summary.json", warnings),
-        metrics=metrics_df,
+        metrics=pd.DataFrame(metrics),
         rollouts=pd.DataFrame(rollouts),
         warnings=warnings,
+        repeated_steps=repeated,
     )

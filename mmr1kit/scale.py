@@ -246,12 +246,15 @@ def logprob_consistency(engine_logps: torch.Tensor, trainer_logps: torch.Tensor,
 
 
 def _trainer_logps(trainer, output) -> torch.Tensor:
-    """The trainer's log-probs of the completion tokens (TRL skips them when it needs no importance sampling)."""
+    """The trainer's log-probs of the completion tokens (TRL skips them when it needs no importance sampling), of the
+    distribution vLLM reports: after its suppressed tokens, top-k and top-p (`mmr1kit.sampling`)."""
     ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
     mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
     keys = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "image_sizes", "token_type_ids",
             "mm_token_type_ids", "image_position_ids")
     extra = {k: output[k] for k in keys if output.get(k) is not None}
+    if getattr(trainer, "processed_logprobs", None) is not None:  # vLLM reports its processed (top-k/p) distribution
+        trainer.processed_logprobs.arm(force=True)
     with torch.no_grad():
         logps, _, _ = trainer._get_per_token_logps_and_entropies(
             trainer.model, ids, mask, output["completion_ids"].size(1), **extra)

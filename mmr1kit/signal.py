@@ -40,7 +40,7 @@ from accelerate.utils import gather_object
 from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
 from mmr1kit.data.ordering import draw_prompts
-from mmr1kit.rounds import record_round
+from mmr1kit.rounds import record_rounds, tag_capsule
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +197,8 @@ class DynamicSampling:
 
     Each try calls `trainer._score_round(rows, attempt)`, one TRL generation round with mmr1kit's advantages, which
     returns the local generation batch and the round's record (rewards and `filter_key` values of all processes).
-    Once the rows that train are known, `mmr1kit.rounds.record_round` writes every try's rollouts and ledger visits. With
+    Once the rows that train are known, `mmr1kit.rounds.record_rounds` writes every try's rollouts and ledger visits,
+    and the merged batch gets its capsule tags (`mmr1kit.rounds.tag_capsule`: exactly the rows that train). With
     `order_dataset="online"` the first try's prompts are drawn here too, from the ledger (`mmr1kit.ledger`).
     """
 
@@ -273,9 +274,9 @@ class DynamicSampling:
         counts, tries, takens = [0] * world, [], []
         stats = {"groups": 0, "high": 0, "low": 0}
         for attempt in range(self.max_tries):
-            generated_before = t._timing.get("generate", 0.0)
+            generated_before = t.phases.seconds.get("generate", 0.0)
             output, round_ = t._score_round(rows, attempt)
-            tries.append((output, round_, t._timing.get("generate", 0.0) - generated_before))
+            tries.append((output, round_, t.phases.seconds.get("generate", 0.0) - generated_before))
             _, signal, high, low = self.signal(round_["values"])
             stats["groups"] += signal.numel()
             stats["high"] += int(high.sum())
@@ -289,8 +290,7 @@ class DynamicSampling:
             rows = self.draw_rows(attempt + 1, used)
         size = balanced_size(counts, t.args.steps_per_generation)
         trained = final_rows(takens, world, n_local, size)
-        for (_, round_, _), rows_trained in zip(tries, trained):
-            record_round(t, round_, rows_trained)
+        record_rounds(t, [round_ for _, round_, _ in tries], trained)
         filled = min(counts) / n_local
         if self.mode == "none":
             batch = tries[0][0]
@@ -308,6 +308,7 @@ class DynamicSampling:
                     "groups with signal at step %d; training on %d rows per process (signal/batch_filled)",
                     len(tries), 100 * filled, t.state.global_step + 1, size)
                 self._warned = True
+        tag_capsule(t, batch, [round_ for _, round_, _ in tries], trained, rank, n_local)  # the rows that train
         stats["dropped"] = sum(int((~m.view(-1, G).any(1)).sum()) for m in trained)
         stats["wasted"] = sum(g * float((~m[rank * n_local:(rank + 1) * n_local]).sum()) / n_local
                               for (_, _, g), m in zip(tries, trained))

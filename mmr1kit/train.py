@@ -7,50 +7,84 @@ It writes the same run folder as `notebooks/01_train_grpo.ipynb` (`mmr1kit.runs`
 records, and the rollouts of every process are gathered into them. The final model goes to `<run_dir>/final`.
 `resume_from_checkpoint: true` (or `--resume_from_checkpoint true`) resumes from the latest `checkpoint-*` folder in
 `output_dir` (default `<run_dir>/checkpoints`); `auto` does the same but starts afresh when there is none (for
-preemptible jobs); a path resumes from that checkpoint. `docs/scale_out.md` has the launch recipes.
+preemptible jobs); a path resumes from that checkpoint. A resumed run takes its parameters from its `config.json`;
+a given value that differs is refused unless `--allow_changes` names it. A folder that holds a run is refused unless
+the run resumes it or `--overwrite_run_dir` moves it aside (`mmr1kit.run_folder`). Ctrl-C stops at the end of a step
+with a checkpoint and prints the command that resumes (`mmr1kit.interrupt`). `docs/scale_out.md` has the launch
+recipes; `python -m mmr1kit.train --help` the short usage.
 """
 
-import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
 from mmr1kit.config import MMR1Config
 from mmr1kit.data import load_dataset
+from mmr1kit.plan import warn_if_unfit
+from mmr1kit.interrupt import TrainingInterrupted
+from mmr1kit.run_folder import (  # resolve_resume, checkpoint_step: importable from here, as before
+    check_resume_step,
+    checkpoint_step,
+    config_from_record,
+    recorded_config,
+    resolve_resume,
+    resume_conflicts,
+    resume_requested,
+    run_record,
+    start_run,
+)
 from mmr1kit.scale import check_pixel_bounds, check_vllm_server, vllm_server_url
 from mmr1kit.trainer import MMR1Trainer, resolve_model
 
 logger = logging.getLogger("mmr1kit.train")
 
-TRUE = ("true", "yes", "1", "latest")
-FALSE = ("", "false", "no", "0", "none")
+USAGE = """usage: python -m mmr1kit.train [CONFIG.yaml] [--FIELD VALUE ...]
+
+Train with GRPO into a run folder (the records notebooks/01_train_grpo.ipynb writes), in one process or under
+`accelerate launch ... -m mmr1kit.train CONFIG.yaml` (docs/scale_out.md).
+
+  CONFIG.yaml          a preset: a YAML mapping of MMR1Config fields (e.g. configs/tiny_counting.yaml)
+  --FIELD VALUE        any MMR1Config field, over the preset's value; lists take several values
+                       (--reward_funcs accuracy format), flags need none (--use_kl, --no_use_kl)
+
+Often used:
+  --run_dir DIR                       the run folder (default runs/default); one run per folder
+  --max_steps N  --learning_rate LR  --per_device_train_batch_size B  --num_generations G
+  --model_name_or_path PATH  --dataset CARD_OR_FILE  --reward_funcs NAME ...  --kl_approximator k1|k2|k3|exact
+  --resume_from_checkpoint true|auto|PATH
+                       continue the run in --run_dir with the parameters of its config.json
+                       (auto: start afresh when it has no checkpoint yet, for preemptible jobs)
+  --allow_changes FIELD ...           on resume, fields that may differ from the run's config.json
+  --overwrite_run_dir                 move a run already in --run_dir aside to <run_dir>.old-<time>
+  -h, --help                          this text; --help-fields lists every field with its help
+
+Exit codes: 0 done; 1 training failed; 2 bad arguments (one line per problem, before anything loads);
+130 stopped by Ctrl-C (at the end of a step, with a checkpoint; the command that resumes is printed)."""
 
 
-def resolve_resume(value, output_dir) -> str | None:
-    """`resume_from_checkpoint` as `Trainer.train` takes it: None, or the path of one checkpoint folder.
+def config_from_args(argv: list[str]) -> MMR1Config:
+    """The run's config from `[PRESET.yaml] [--field value ...]`, checked; loads nothing.
 
-    `True` / `"true"` / `"latest"`: the latest `checkpoint-*` in `output_dir` (an error if there is none);
-    `"auto"`: the same, or None when there is none; a path: that folder (an error if it is missing).
+    On resume (`resume_from_checkpoint` set and `<run_dir>/config.json` present) it is the run's recorded config,
+    with the given values on top; a given value that differs from the record is refused unless `allow_changes`
+    names it (one line per field).
     """
-    from transformers.trainer_utils import get_last_checkpoint
+    from typing import get_type_hints
 
-    text = str(value).strip().lower() if value is not None else ""
-    if value is None or value is False or text in FALSE:
-        return None
-    latest = get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
-    if value is True or text in TRUE or text == "auto":
-        if latest is None and text != "auto":
-            raise ValueError(f"resume_from_checkpoint={value!r}: no checkpoint-* folder in {output_dir}; "
-                             f"use 'auto' to start afresh when there is none, or name a checkpoint folder")
-        return latest
-    if not Path(value).is_dir():
-        raise ValueError(f"resume_from_checkpoint={value!r}: no such checkpoint folder")
-    return str(value)
+    from mmr1kit.config_checks import coerce
 
-
-def checkpoint_step(checkpoint) -> int:
-    """The optimizer step a checkpoint folder was saved at (its `trainer_state.json`)."""
-    return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"])
+    values = MMR1Config.values_from_args(argv)
+    run_dir = values.get("run_dir", MMR1Config.run_dir)
+    recorded = recorded_config(run_dir) if resume_requested(values.get("resume_from_checkpoint")) else None
+    if not recorded:
+        return MMR1Config.from_dict(values)
+    hints = get_type_hints(MMR1Config)
+    given = {name: coerce(name, value, hints[name]) for name, value in values.items()}
+    lines = resume_conflicts(recorded, given, given.get("allow_changes") or (), run_dir=run_dir, how="train")
+    if lines:
+        raise ValueError("\n".join(lines))
+    return config_from_record(MMR1Config, recorded, given)
 
 
 def peft_config_from(config):
@@ -78,11 +112,22 @@ def main(argv=None, *, reward_funcs=None, trainer_cls=MMR1Trainer) -> Path:
         reward_funcs (*optional*): Reward functions instead of `config.reward_funcs` (for scripts that define their
             own, e.g. tests).
         trainer_cls (*optional*): An `MMR1Trainer` subclass.
+
+    Raises:
+        `ValueError`: bad arguments, a run folder that holds another run, a resume that contradicts the run's record
+            (all before anything loads). `mmr1kit.interrupt.TrainingInterrupted`: Ctrl-C stopped training.
     """
+    from mmr1kit.preflight import check_dataset
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
-    config = MMR1Config.from_args(argv)  # validates every field and the layout; loads nothing
+    config = config_from_args(argv)  # validates every field and the layout; loads nothing
+    warn_if_unfit(config)  # mmr1kit.plan: warns, with the numbers and what would fit, when GPU memory is too small
+    check_dataset(config.dataset)
+    if config.process_index == 0 or not config.overwrite_run_dir:  # only the main process moves an old run aside
+        start_run(config, how="train")
     resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)
+    check_resume_step(resume, config.max_steps, how="train")
     if config.use_vllm and config.vllm_mode == "server" and config.process_index == 0:
         check_vllm_server(vllm_server_url(config), timeout=config.vllm_server_timeout)
     with config.main_process_first(desc="tiny model and synthetic data"):  # built once, then read from the cache
@@ -100,5 +145,51 @@ def main(argv=None, *, reward_funcs=None, trainer_cls=MMR1Trainer) -> Path:
     return Path(config.run_dir)
 
 
+def resume_command(run_dir, prog: str = "python -m mmr1kit.train") -> str:
+    """The command that resumes the run in `run_dir` with its recorded parameters."""
+    return f"{prog} --run_dir {shlex.quote(str(run_dir))} --resume_from_checkpoint true"
+
+
+def cli(argv=None, *, prog: str = "python -m mmr1kit.train", **kwargs) -> int:
+    """`main` for a terminal: a short `--help`, one line per bad argument (exit 2), one line on Ctrl-C (exit 130)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return 0
+    if "--help-fields" in argv:
+        from dataclasses import fields
+
+        for f in fields(MMR1Config):
+            if f.init and not f.name.startswith("_"):
+                print(f"--{f.name}: {' '.join(str(f.metadata.get('help', '')).split())[:150]}")
+        return 0
+    try:
+        main(argv, **kwargs)
+    except TrainingInterrupted as stop:
+        saved = f"; checkpoint {stop.checkpoint}" if stop.checkpoint else ""
+        print(f"stopped at step {stop.step} of {stop.max_steps} (Ctrl-C){saved}; resume with: "
+              f"{resume_command(stop.run_dir, prog)}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+        from mmr1kit.interrupt import describe_stop
+
+        run_dir = MMR1Config.values_from_args(argv).get("run_dir", MMR1Config.run_dir)
+        stop = describe_stop(run_dir) if Path(run_dir).is_dir() else {}
+        if stop.get("checkpoint"):
+            print(f"stopped by Ctrl-C after step {stop['step']}; resume with: {resume_command(run_dir, prog)} "
+                  f"(from {stop['checkpoint']})", file=sys.stderr)
+        elif run_record(run_dir):
+            print("stopped by Ctrl-C before the first checkpoint: nothing to resume; start again with the same "
+                  "command and --overwrite_run_dir", file=sys.stderr)
+        else:
+            print("stopped by Ctrl-C before training started", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as e:
+        for line in str(e).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -5,18 +5,26 @@ It overrides as little as possible (design decision 1); each override says what 
 - `_get_per_token_logps_and_entropies`: keeps the policy pass's log-probs and entropies for the loss additions;
 - `_compute_loss`: the KL estimator of `kl_approximator` (TRL hard-codes k3), the entropy term, every estimator logged;
 - `_generate_and_score_completions`: dynamic sampling (`mmr1kit.signal`: one or more tries of `_score_round`, which
-  adds MMR1's advantage variants and the KL in the reward), phase timing, every rollout and the prompt ledger
-  (`mmr1kit.ledger`) into the run folder;
+  adds MMR1's advantage variants and the KL in the reward), every rollout and the prompt ledger (`mmr1kit.ledger`)
+  into the run folder;
+- the generation, scoring, reference, rollout and training-step hooks: phase timing and peak memory
+  (`mmr1kit.phases`);
 - `_get_train_sampler`: `order_dataset` (`online` is drawn by `mmr1kit.signal`);
 - `_load_from_checkpoint`: resuming restores every weight (transformers' own path misses VLM key renames);
-- a callback sets the step's sampling temperature everywhere TRL uses it.
+- a callback sets the step's sampling temperature everywhere TRL uses it;
+- `report_to`'s trackers get the run record's names and steps, and throttled rollout tables (`mmr1kit.trackers`);
+- hooks into `mmr1kit.capsules` (`capsule_every`: a step's batch, weights and optimizer state for `mmr1kit replay`);
+- hooks into `mmr1kit.sampling` (no vision token sampled; vLLM's importance ratio on one distribution) and, on vLLM's
+  CPU platform, `mmr1kit.vllm_sync` (the weight sync through `reload_weights`);
+- mixins: `mmr1kit.video` (video rows) and `mmr1kit.vision_cache` (each image preprocessed once per step and encoded
+  once per forward pass, `encode_images_once`).
 
 With every MMR1 option neutral (`kl_approximator="k3"`, no entropy term, `reward_scale=1`, constant temperature,
-random order) the loss and gradients are exactly TRL's: the k3 path is TRL's own code.
+random order, `encode_images_once=False`) the loss and gradients are exactly TRL's: the k3 path is TRL's own code;
+with `encode_images_once` on (the default) they equal TRL's to float rounding.
 """
 
 import contextlib
-import time
 
 import torch
 from transformers import TrainerCallback
@@ -24,17 +32,25 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
 from mmr1kit import advantages as mmr1_advantages
-from mmr1kit import kl
+from mmr1kit import capsules, kl
 from mmr1kit.data.ordering import OrderedRepeatSampler, prompt_order
 from mmr1kit.guards import NonFiniteGuard, NonFiniteTrainingError
+from mmr1kit.interrupt import raise_if_stopped, stop_on_interrupt
 from mmr1kit.ledger import LedgerCallback, make_ledger
 from mmr1kit.models import freeze_vision_tower
+from mmr1kit.phases import PhaseCallback, PhaseLog
 from mmr1kit.progress import use_text_progress
 from mmr1kit.rounds import round_record
+from mmr1kit.run_folder import check_resume_step, open_record, resolve_resume, resume_requested, start_run
 from mmr1kit.runs import RunRecorder
+from mmr1kit.sampling import ProcessedLogprobs, suppress_vision_tokens
 from mmr1kit.scale import feed_vllm_unexpanded_images, rollout_check
 from mmr1kit.schedules import temperature_at
 from mmr1kit.signal import DynamicSampling
+from mmr1kit.trackers import use_trackers
+from mmr1kit.video import VideoTrainerMixin
+from mmr1kit.vision_cache import VisionCacheMixin
+from mmr1kit.vllm_sync import use_cpu_weight_sync
 
 # Multimodal inputs TRL passes to the policy forward (see GRPOTrainer._compute_loss).
 MULTIMODAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes", "token_type_ids",
@@ -42,13 +58,15 @@ MULTIMODAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "im
 
 
 def resolve_model(name_or_path: str) -> str:
-    """`"tiny"` / `"tiny-llava"` → the cached tiny model's folder; anything else is returned as given."""
-    from mmr1kit.models import tiny_vlm
+    """`"tiny"` / `"tiny-<model_type>"` (e.g. `"tiny-llava"`, `"tiny-gemma3"`; `mmr1kit.families.FAMILIES`) → the
+    cached tiny model's folder; anything else is returned as given."""
+    from mmr1kit.models import ARCHITECTURES, tiny_vlm
 
     if name_or_path == "tiny":
         return str(tiny_vlm())
-    if name_or_path == "tiny-llava":
-        return str(tiny_vlm(arch="llava"))
+    arch = str(name_or_path).removeprefix("tiny-")
+    if str(name_or_path).startswith("tiny-") and arch in ARCHITECTURES:
+        return str(tiny_vlm(arch=arch))
     return str(name_or_path)
 
 
@@ -117,15 +135,16 @@ class TemperatureCallback(TrainerCallback):
 class RunRecordCallback(TrainerCallback):
     """Appends every logged step to `metrics.jsonl`; the trainer's final summary goes to `summary.json`.
 
-    On a resumed run, rows that the dead process wrote after the checkpoint it resumes from are dropped first, so
-    every step is in the records exactly once.
+    On a resumed run, rows that the dead process wrote after the checkpoint it resumes from (all of them when it
+    left no checkpoint) are dropped first, so every step is in the records exactly once.
     """
 
     def __init__(self, recorder: RunRecorder):
         self.recorder = recorder
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and state.global_step > 0:  # resumed: the state was loaded before this call
+        resumed = state.global_step > 0 or resume_requested(args.resume_from_checkpoint)  # state loaded before this
+        if state.is_world_process_zero and resumed:
             self.recorder.truncate_after(state.global_step)
 
     def on_save(self, args, state, control, **kwargs):
@@ -142,7 +161,7 @@ class RunRecordCallback(TrainerCallback):
             self.recorder.log_metrics(state.global_step, logs)
 
 
-class MMR1Trainer(GRPOTrainer):
+class MMR1Trainer(VisionCacheMixin, VideoTrainerMixin, GRPOTrainer):
     """`trl.GRPOTrainer` with MMR1's options, configured by an `MMR1Config`.
 
     Args:
@@ -157,33 +176,42 @@ class MMR1Trainer(GRPOTrainer):
 
     def __init__(self, model=None, reward_funcs=None, args=None, train_dataset=None, eval_dataset=None, record=True,
                  **kwargs):
+        from mmr1kit.capabilities import check_dataset
         from mmr1kit.models import load_processor
         from mmr1kit.rewards import get_reward_funcs
+        from mmr1kit.threads import pick_threads
 
+        pick_threads(args.use_cpu)  # the notebook's thread count, for every entry point
+        capsules.check(args, train_dataset)  # capsule_every where capsules cannot hold a step: refused first
+        # one run per folder, and a resume that matches the run's record: checked before the model loads
+        start = start_run(args) if record and args.process_index == 0 else None
         model = resolve_model(args.model_name_or_path) if model is None else model
         if isinstance(model, str) and "processing_class" not in kwargs:
             kwargs["processing_class"] = load_processor(model, args.min_pixels, args.max_pixels)
         reward_funcs = get_reward_funcs(args.reward_funcs, config=args) if reward_funcs is None else reward_funcs
+        # several images / a video per row: drop or refuse the rows this model cannot take (mmr1kit.capabilities)
+        train_dataset = check_dataset(train_dataset, kwargs.get("processing_class"), model, args)
         self._policy_pass = None  # (logps, entropies, hidden or None) of the last policy forward with entropies
         self._ref_hidden = None  # (B, T, H) of the last reference pass, when the exact KL will need it
         self._round_rewards = None  # (N, n_funcs) of the round being scored
-        self._timing = {}
         self.recorder = None
+        self.processed_logprobs = ProcessedLogprobs(self)  # vLLM's IS ratio on one distribution (mmr1kit.sampling)
         super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, **kwargs)
         # MMR1 multiplies the summed reward by reward_scale before the group statistics; per-function logs stay raw.
         self.reward_weights = self.reward_weights * args.reward_scale
-        if self.use_vllm and self._is_vlm:  # huggingface/trl#6294: vLLM expands image placeholders itself
-            feed_vllm_unexpanded_images(self.vllm_generation, self.processing_class.image_token_id)
-        if record and self.accelerator.is_main_process:
-            self.recorder = RunRecorder(args.run_dir)
-            self.recorder.write_config(args)
-            bad = getattr(train_dataset, "bad_examples", None) or {}
-            self.recorder.write_manifest(
-                seed=args.seed, dataset=args.dataset, model=str(model), train_rows=len(train_dataset),
-                bad_examples={k: {"count": len(v), "first": v[:3]} for k, v in bad.items()},
-            )
+        self.phases = PhaseLog(self.accelerator.device)  # timing/* and memory/peak_* of every optimizer step
+        self.add_callback(PhaseCallback(self))
+        suppress_vision_tokens(self)  # neither engine samples an image / video placeholder or vision marker
+        if self.use_vllm:
+            use_cpu_weight_sync(self.vllm_generation)  # vLLM's CPU platform: reload_weights (mmr1kit.vllm_sync)
+            if self._is_vlm:  # huggingface/trl#6294: vLLM expands image placeholders itself
+                feed_vllm_unexpanded_images(self.vllm_generation, self.processing_class.image_token_id)
+        if start is not None and self.accelerator.is_main_process:
+            self.recorder = open_record(args, start, model, train_dataset)
             self.add_callback(RunRecordCallback(self.recorder))
+        self.rollout_tables = use_trackers(self)  # report_to: metrics.jsonl's names and steps; rollout tables
+        self.capsules = capsules.attach(self)  # capsule_every: batches kept for `mmr1kit replay` (mmr1kit.capsules)
         self.ledger = make_ledger(self, train_dataset)  # prompts.jsonl; restored on resume by its callback
         self.add_callback(LedgerCallback(self))
         self.signal = DynamicSampling(self)
@@ -213,13 +241,22 @@ class MMR1Trainer(GRPOTrainer):
         loaded = type(target).from_pretrained(resume_from_checkpoint, dtype=dtype)
         target.load_state_dict(loaded.state_dict(), strict=True)
 
-    def train(self, *args, **kwargs):
-        """`Trainer.train`; raises `NonFiniteTrainingError` when the run stopped on non-finite steps."""
-        output = super().train(*args, **kwargs)
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """`Trainer.train`, resuming as `args.resume_from_checkpoint` says when not told otherwise.
+
+        Raises `NonFiniteTrainingError` when the run stopped on non-finite steps, and `mmr1kit.interrupt.
+        TrainingInterrupted` when Ctrl-C stopped it (at the end of a step, with a checkpoint of that step).
+        """
+        asked = self.args.resume_from_checkpoint if resume_from_checkpoint is None else resume_from_checkpoint
+        resume_from_checkpoint = resolve_resume(asked, self.args.output_dir)  # None or one checkpoint folder
+        check_resume_step(resume_from_checkpoint, self.args.max_steps)
+        with stop_on_interrupt(self) as stop:
+            output = super().train(resume_from_checkpoint, *args, **kwargs)
         if self.guard.stopped:
             if self.recorder is not None:
                 self.recorder.write_summary(stopped=self.guard.message())
             raise NonFiniteTrainingError(self.guard.message())
+        raise_if_stopped(self, stop)
         return output
 
     # --- sampling temperature ------------------------------------------------------------------------------------
@@ -257,68 +294,57 @@ class MMR1Trainer(GRPOTrainer):
             seed=self.args.seed,
         )
 
-    # --- phase timing (timing/<phase> in seconds per optimizer step) --------------------------------------------
-
-    def _time(self, phase: str, start: float) -> None:
-        if self.model.training:  # an evaluation in between is not part of the next optimizer step
-            self._timing[phase] = self._timing.get(phase, 0.0) + time.perf_counter() - start
+    # --- phases: timing/<phase> (seconds) and memory/peak_<phase> (GiB) per optimizer step, mmr1kit.phases ------
 
     def _generate_single_turn(self, *args, **kwargs):
         # The generation call alone: TRL's `_generate` also renders the chat template and preprocesses the images
         # (the first of its two image passes), which goes to timing/other, so tokens_per_second is generation's.
-        start = time.perf_counter()
-        out = super()._generate_single_turn(*args, **kwargs)
-        self._time("generate", start)
-        return out
+        # Phases are measured in training only: an evaluation in between is not part of the next optimizer step.
+        with self.phases.phase("generate", self.model.training):
+            return super()._generate_single_turn(*args, **kwargs)
 
     def _generate(self, prompts):
         out = super()._generate(prompts)
         if self.model.training:
-            tokens = sum(len(ids) for ids in out[1])  # completion_ids: one list of token ids per completion
-            self._timing["generated_tokens"] = self._timing.get("generated_tokens", 0) + tokens
+            self.phases.generated_tokens += sum(len(ids) for ids in out[1])  # completion_ids: one list per completion
         return out
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        start = time.perf_counter()
-        out = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        with self.phases.phase("score", self.model.training):
+            out = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._round_rewards = out  # (N, n_funcs), all processes: what TRL's advantages were computed from
-        self._time("score", start)
         return out
 
     def training_step(self, model, inputs, num_items_in_batch):
-        start = time.perf_counter()
-        out = super().training_step(model, inputs, num_items_in_batch)
-        self._time("step", start)
+        with self.phases.phase("step"):
+            out = super().training_step(model, inputs, num_items_in_batch)
         if self._step % self.current_gradient_accumulation_steps == 0:  # the optimizer step is complete
-            t = self._timing
-            metrics = self._metrics["train"]
-            for phase in ("generate", "score", "ref", "record"):
-                metrics[f"timing/{phase}"].append(t.get(phase, 0.0))
-            rollout = t.get("rollout", 0.0)
-            metrics["timing/policy"].append(t["step"] - rollout)  # forward + backward of the loss (+ exact KL)
-            accounted = sum(t.get(p, 0.0) for p in ("generate", "score", "ref", "record"))
-            metrics["timing/other"].append(rollout - accounted)  # tokenising, image processing, old log-probs
-            if t.get("generate"):
-                metrics["tokens_per_second/generate"].append(t.get("generated_tokens", 0) / t["generate"])
-            self._timing = {}
+            # TRL's own clock of the step (just appended): the phases add up to it, whatever the scheduler does
+            # between TRL's timer and ours on a busy machine
+            self.phases.log_timing(self._metrics["train"], step_time=self._metrics["train"]["step_time"][-1])
         return out
 
     # --- loss ----------------------------------------------------------------------------------------------------
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args,
                                            compute_entropy=False, **kwargs):
-        start = time.perf_counter()
+        self.phases.begin("ref", model is self.ref_model and self.model.training)
         # The exact KL needs the final hidden states of the loss's policy pass and of the reference pass: keep them
         # from these forwards (a hook on the backbone) instead of running the two backbones again.
-        keep = self._exact_kl_wanted() and (compute_entropy or model is self.ref_model)
+        # The pass whose log-probs TRL compares with vLLM's needs them too (mmr1kit.sampling.ProcessedLogprobs).
+        processed = self.processed_logprobs.wants(model, compute_entropy)
+        keep = processed or self._exact_kl_wanted() and (compute_entropy or model is self.ref_model)
         with capture_hidden(self.accelerator.unwrap_model(model), logits_to_keep, enabled=keep) as hidden:
             out = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, *args,
                                                              compute_entropy=compute_entropy, **kwargs)
+        if processed:  # log-probs of vLLM's processed (top-k / top-p) distribution, for TRL's ratio
+            logps = self.processed_logprobs.processed(model, out[0], hidden["value"], input_ids, attention_mask)
+            out = (logps, *out[1:])
         if compute_entropy:  # only the policy pass of `_compute_loss` asks for entropies
             self._policy_pass = (*out[:2], hidden.get("value"))
         elif model is self.ref_model:
             self._ref_hidden = None if "value" not in hidden else hidden["value"].detach()
-            self._time("ref", start)
+        self.phases.end("ref")
         return out
 
     def _exact_kl_wanted(self) -> bool:
@@ -384,6 +410,7 @@ class MMR1Trainer(GRPOTrainer):
         return kl.exact_from_hidden(hidden, head, ref_hidden, ref_head, temperature=self.temperature)
 
     def _compute_loss(self, model, inputs):
+        capsules.keep(self, inputs)  # a capsule step's micro-batch, as the loss reads it
         args = self.args
         kind = args.kl_approximator
         # TRL's own k3 path stays untouched (the neutral-settings equivalence); other estimators replace it.
@@ -446,22 +473,26 @@ class MMR1Trainer(GRPOTrainer):
     # --- rollouts, advantages, record ---------------------------------------------------------------------------
 
     def _generate_and_score_completions(self, inputs):
-        start = time.perf_counter()
+        self.phases.begin("rollout", self.model.training)
         if self.model.training:  # `dynamic_sampling`: one or more tries of `_score_round`, merged (mmr1kit.signal)
             output = self.signal.generate(inputs)
         else:
             output = self._score_round(inputs)[0]
-        self._time("rollout", start)
+        self.phases.end("rollout")
         return output
 
     def _score_round(self, inputs, attempt: int = 0):
-        """One TRL generation round plus MMR1's advantages and the KL in the reward.
+        """One TRL generation round (through the vision caches and the video hook of the bases) plus MMR1's
+        advantages and the KL in the reward.
 
-        Returns the local generation batch and, in training, the round's record for `mmr1kit.rounds.record_round`
-        (rows, rewards, advantages, KL penalties and `filter_key` values of all processes; `None` in evaluation).
+        Returns the local generation batch and, in training, the round's record for `mmr1kit.rounds.record_rounds`
+        (rows, media, rewards, advantages, KL penalties and `filter_key` values of all processes; `None` in
+        evaluation). The capsule's tags (`mmr1kit.capsules.tag`) are added by `mmr1kit.signal` to the batch that trains.
         """
         self._ref_hidden = None
+        self.processed_logprobs.arm()
         output = super()._generate_and_score_completions(inputs)
+        self.processed_logprobs.finish(output)  # the loss gets untruncated log-probs; vLLM's on the same scale
         if self._ref_hidden is not None:  # (B, T, H): TRL shuffles and splits it with the rest of the batch
             output["ref_hidden"], self._ref_hidden = self._ref_hidden, None
         rollout_check(self, output)  # vLLM's log-probs vs the trainer's: rollout/logp_diff_mean, rollout/logp_diff_max

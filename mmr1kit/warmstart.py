@@ -1,7 +1,7 @@
 """Supervised warm start (TRL's `SFTTrainer`) before GRPO, optionally on labels from a deliberately biased annotator.
 
 Why the bias: after an ordinary warm start a tiny VLM already answers its best guess, and GRPO with a verifiable
-reward has nothing to correct (research/learning-feasibility.md, finding 2). Real VLMs keep systematic errors from
+reward has nothing to correct (docs/demo.md, finding 1). Real VLMs keep systematic errors from
 imitation, undercounting many objects being a known one. The demo reproduces that structure on purpose: it
 warm-starts on an annotator that undercounts 3+ objects with probability 0.8, then GRPO on the true counts.
 """
@@ -20,15 +20,28 @@ def sft_dataset(dataset, labels: list[str] | None = None):
     """TRL prompt-completion rows from an `mmr1kit.data.load_dataset` dataset.
 
     Args:
-        dataset: Rows with `prompt`, `image` and `solution`.
+        dataset: Rows with `prompt`, `image` (or `images`: several per row) and `solution`.
         labels (`list[str]`, *optional*): Replacement answers (e.g. a biased annotator's); defaults to `solution`.
     """
     labels = list(dataset["solution"]) if labels is None else labels
     if len(labels) != len(dataset):
         raise ValueError(f"sft_dataset: {len(labels)} labels for {len(dataset)} rows")
+    if "video" in dataset.column_names:
+        raise ValueError("sft_dataset: TRL's SFTTrainer takes no video rows; warm-start on image rows, or skip the "
+                         "warm start (warmstart_steps=0) for a video data set")
     completions = [[{"role": "assistant", "content": answer_target(label)}] for label in labels]
-    keep = [c for c in dataset.column_names if c not in ("prompt", "image")]
+    media = "images" if "images" in dataset.column_names else "image"  # every image of a multi-image row
+    keep = [c for c in dataset.column_names if c not in ("prompt", media)]
     return dataset.remove_columns(keep).add_column("completion", completions)
+
+
+def checkpointing_off(config_class) -> dict:
+    """The keyword that turns activation checkpointing off: `activation_checkpointing` where transformers has it
+    (5.23; the old name, `gradient_checkpointing`, warns there), `gradient_checkpointing` before (5.17)."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(config_class)}
+    return {"activation_checkpointing": False} if "activation_checkpointing" in names else {"gradient_checkpointing": False}
 
 
 def warm_start(
@@ -49,7 +62,7 @@ def warm_start(
     """Fine-tune `model_path` on (prompt, image) → `<answer>label</answer>` with `SFTTrainer`; save to `out_dir`.
 
     The loss covers only the completion tokens (TRL's default for prompt-completion data). The hyperparameters
-    default to the recipe measured in research/learning-feasibility.md (AdamW, betas 0.9/0.98, constant LR after a
+    default to the recipe measured for docs/demo.md (AdamW, betas 0.9/0.98, constant LR after a
     warm-up, gradient clipping at 1).
 
     Returns:
@@ -75,7 +88,7 @@ def warm_start(
         seed=seed,
         bf16=False,
         use_cpu=not torch.cuda.is_available(),
-        gradient_checkpointing=False,
+        **checkpointing_off(SFTConfig),
         logging_steps=max(1, max_steps // 20),
         save_strategy="no",
         report_to="none",

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
-import warnings
 
 import numpy as np
 import pandas as pd
 
+from mmr1kit.plots.rollouts import printable
 from mmr1kit.rollout_groups import (
     FLAT,
     GROUP_KEYS,
@@ -77,7 +76,8 @@ def group_view(rollouts: pd.DataFrame, step: int, group: int, *, box_convention:
             (`"pixel"`, `"qwen2vl_1000"`, `"relative"`; see `mmr1kit.rewards.parsing`).
 
     Returns:
-        `dict` with `step, group, prompt_id, problem, solution, image, gt_boxes` (boxes parsed from the solution),
+        `dict` with `step, group, prompt_id, problem, solution, image, images, video` (the media: see
+        `mmr1kit.plots.media`), `gt_boxes` (boxes parsed from the solution),
         `reward_columns` (the `rewards/<func>` columns), `mean` / `std` of the total reward, `zero_variance`, and
         `completions`: a `pd.DataFrame`, one row per completion in logged order, with `completion, answer,
         pred_boxes, rewards/<func>..., reward, advantage, length, truncated` (those logged).
@@ -110,6 +110,8 @@ def group_view(rollouts: pd.DataFrame, step: int, group: int, *, box_convention:
         "problem": first.get("problem"),
         "solution": first.get("solution"),
         "image": first.get("image"),
+        "images": first.get("images"),  # a multi-image row's paths (NaN / None otherwise)
+        "video": first.get("video"),  # a video row's frames or file
         "box_convention": box_convention,
         "gt_boxes": _boxes(first.get("solution"), box_convention),
         "reward_columns": funcs,
@@ -120,9 +122,8 @@ def group_view(rollouts: pd.DataFrame, step: int, group: int, *, box_convention:
     }
 
 
-def printable(text: str) -> str:
-    """`text` with control characters other than newline and tab written as `\\xNN` (a random policy emits them)."""
-    return "".join(ch if ch.isprintable() or ch in "\n\t" else f"\\x{ord(ch):02x}" for ch in str(text))
+def _present(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
 def _esc(value) -> str:
@@ -143,10 +144,12 @@ def figure_png(view: dict, *, image_root=None, dpi: int = 72, ncols: int = 4) ->
     Boxes are converted to pixels with the image size (`mmr1kit.rewards.parsing.to_pixels`); only the first GT box
     and the first predicted box of each completion are drawn. Returns PNG bytes, or `None` without an image.
     """
-    from mmr1kit.plots import _load_image, rollout_gallery
+    from mmr1kit.plots import rollout_gallery
+    from mmr1kit.plots.figure import png_bytes
+    from mmr1kit.plots.media import row_picture
     from mmr1kit.rewards.parsing import to_pixels
 
-    image, _ = _load_image(view["image"], image_root)
+    image, _, _ = row_picture(view, image_root)  # a multi-image row / a video: every image / key frames
     if image is None:
         return None
     w, h = image.size
@@ -155,17 +158,14 @@ def figure_png(view: dict, *, image_root=None, dpi: int = 72, ncols: int = 4) ->
         return list(to_pixels(boxes[0], view["box_convention"], w, h)) if boxes else None
 
     comp = view["completions"]
-    rows = pd.DataFrame({"image": [view["image"]] * len(comp), "completion": comp["completion"],
+    media = {k: [view[k]] * len(comp) for k in ("image", "images", "video") if view.get(k) is not None}
+    rows = pd.DataFrame({**media, "completion": comp["completion"],
                          "gt_box": [pixels(view["gt_boxes"])] * len(comp),
                          "pred_box": [pixels(b) for b in comp["pred_boxes"]]})
     rows["completion"] = [f"#{i}: {printable(t)}" for i, t in enumerate(comp["completion"])]
     fig = rollout_gallery(rows, image_root=image_root, ncols=min(ncols, max(len(rows), 1)), max_items=len(rows),
                           reward_cols=[], max_chars=60)
-    buf = io.BytesIO()
-    with warnings.catch_warnings():  # a random policy writes characters no installed font has
-        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
-        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    return buf.getvalue()
+    return png_bytes(fig, dpi)  # a random policy writes characters no installed font has: no warning per glyph
 
 
 def view_html(view: dict, *, image_root=None, figure: bool = True, dpi: int = 72) -> str:
@@ -187,7 +187,8 @@ def view_html(view: dict, *, image_root=None, figure: bool = True, dpi: int = 72
         data = base64.b64encode(png).decode("ascii")
         parts.append(f'<img class="mmr1-figure" src="data:image/png;base64,{data}" style="max-width:100%">')
     elif figure:
-        parts.append(f"<div><i>image not available: {_esc(view['image'])}</i></div>")
+        media = next(view[k] for k in ("video", "images", "image") if _present(view.get(k)) or k == "image")
+        parts.append(f"<div><i>image not available: {_esc(media)}</i></div>")
     style = 'style="border:1px solid #ccc;padding:3px 6px;vertical-align:top;text-align:left"'
 
     def cells(values):

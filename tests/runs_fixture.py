@@ -4,17 +4,26 @@ Each run is a real `MMR1Trainer` run of the tiny Qwen2.5-VL on synthetic groundi
 on one CPU thread). `tiny_sweep` lays six points out exactly as `mmr1kit.notebook.sweep` does (one folder per grid
 point, `sweep.json` written from the same `SweepPoint` records), without paying for a kernel per point.
 
-Import the fixtures into a test module (`from runs_fixture import tiny_run, tiny_sweep`); they build on
-`qwen_path` from `tests/conftest.py`.
+`smoke_project` is a fresh copy of the project's notebooks in which notebook 01 ran through `mmr1kit run` with its
+defaults, as a new user would start (its console kept): the notebook tests, the report tests and the browser test all
+read that one run. `capsule_run` adds a checkpoint at step 2 and `capsule_replay` replays its step 3
+(`mmr1kit.replay`).
+
+Import the fixtures into a test module (`pytest_plugins = ["runs_fixture"]`); they build on `qwen_path` from
+`tests/conftest.py`.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict
+import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
+from helpers_cli import CliRun, mmr1kit_run
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def length_reward(completions, id, **kwargs):
@@ -25,7 +34,8 @@ def length_reward(completions, id, **kwargs):
 
 
 def train_run(model_path, data_dir, run_dir, *, steps: int = 2, **overrides) -> Path:
-    """Train the tiny model for `steps` GRPO steps into `run_dir` (no checkpoints); return the run folder."""
+    """Train the tiny model for `steps` GRPO steps into `run_dir` (no checkpoints; capsules every 2 steps and at the
+    last, for `mmr1kit.replay`); return the run folder."""
     from mmr1kit.config import MMR1Config
     from mmr1kit.data import load_dataset
     from mmr1kit.rewards import REWARDS
@@ -33,7 +43,8 @@ def train_run(model_path, data_dir, run_dir, *, steps: int = 2, **overrides) -> 
 
     values = {"run_dir": str(run_dir), "dataset": str(data_dir), "max_steps": steps, "learning_rate": 1e-2,
               "per_device_train_batch_size": 8, "num_generations": 4, "max_completion_length": 8,
-              "save_strategy": "no", "beta": 0.04, "reward_funcs": ["iou", "answer_format"], "logging_steps": 1}
+              "save_strategy": "no", "beta": 0.04, "reward_funcs": ["iou", "answer_format"], "logging_steps": 1,
+              "capsule_every": 2}
     config = MMR1Config.from_dict({**values, **overrides})
     dataset = load_dataset(data_dir, "train", config)
     funcs = [REWARDS["iou"], REWARDS["answer_format"], length_reward]
@@ -72,6 +83,21 @@ def tiny_run(qwen_path, grounding_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def capsule_run(qwen_path, grounding_dir, tmp_path_factory) -> Path:
+    """`tiny_run`'s set-up with a checkpoint at step 2: capsules of steps 2 and 3, `checkpoints/checkpoint-2`."""
+    return train_run(qwen_path, grounding_dir, tmp_path_factory.mktemp("runs") / "capsules", steps=3,
+                     save_strategy="steps", save_steps=2)
+
+
+@pytest.fixture(scope="session")
+def capsule_replay(capsule_run):
+    """`mmr1kit.replay.replay` of step 3 of `capsule_run` under kl_approximator k1 / k3 x loss_type grpo / dapo."""
+    from mmr1kit.replay import replay
+
+    return replay(capsule_run, 3, {"kl_approximator": ["k1", "k3"], "loss_type": ["grpo", "dapo"]})
+
+
+@pytest.fixture(scope="session")
 def tiny_sweep(qwen_path, grounding_dir, tmp_path_factory) -> Path:
     """A sweep folder over `kl_approximator` in {k1, k3, k2} x `seed` in {0, 1}: four real 3-step runs (k1, k3) and
     two points recorded as failed with empty run folders (k2), as crashed points are."""
@@ -89,3 +115,26 @@ def tiny_sweep(qwen_path, grounding_dir, tmp_path_factory) -> Path:
             points.append((values, run_dir, "succeeded"))
     write_sweep(sweep_dir, points, grid)
     return sweep_dir
+
+
+@dataclass
+class SmokeProject:
+    """A copy of the project (notebooks, the default data card) where notebook 01 ran with its defaults."""
+
+    root: Path
+    run_dir: Path  # runs/smoke, notebook 01's own default
+    train: CliRun  # the console of that run
+
+
+@pytest.fixture(scope="session")
+def smoke_project(tmp_path_factory) -> SmokeProject:
+    """`mmr1kit run notebooks/01_train_grpo.ipynb` in a fresh copy of the project, no run folder given (and
+    `report_to tensorboard`, the notebook parameter of the trackers)."""
+    root = tmp_path_factory.mktemp("project")
+    (root / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())  # marks the project root
+    shutil.copytree(ROOT / "notebooks", root / "notebooks")
+    (root / "data_cards").mkdir()
+    shutil.copy(ROOT / "data_cards" / "synthetic_counting.md", root / "data_cards")
+    train = mmr1kit_run(root, "notebooks/01_train_grpo.ipynb", "-p", "report_to", "tensorboard")
+    assert train.returncode == 0, train.stderr[-3000:]
+    return SmokeProject(root, root / "runs" / "smoke", train)

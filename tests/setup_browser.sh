@@ -6,27 +6,12 @@
 # reason. Never runs `playwright install` (its browser downloads are not available everywhere; the system Chromium
 # is used through `executable_path`).
 set -euo pipefail
+source "$(dirname "$0")/apt_install.sh"
 
 CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
 if [ -x "$CHROMIUM" ]; then
     echo "setup_browser: $CHROMIUM present ($("$CHROMIUM" --version 2>/dev/null || echo 'version unknown'))"
     exit 0
 fi
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "setup_browser: $CHROMIUM missing and apt-get not available; browser tests will be skipped" >&2
-    exit 0
-fi
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-        SUDO="sudo -n"
-    else
-        echo "setup_browser: $CHROMIUM missing and not root (no passwordless sudo); browser tests will be skipped" >&2
-        exit 0
-    fi
-fi
-echo "setup_browser: installing Debian chromium with apt-get"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core
+apt_install "setup_browser: $CHROMIUM missing" chromium fonts-dejavu-core || exit 0
 "$CHROMIUM" --version

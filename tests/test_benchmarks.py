@@ -12,7 +12,17 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `benchmarks` is a folder of the repo, not installed
-from benchmarks import bench_data, bench_learning, bench_memory, bench_overhead, bench_signal, profile_step, run_all
+from benchmarks import (
+    bench_data,
+    bench_encode,
+    bench_learning,
+    bench_memory,
+    bench_overhead,
+    bench_plan,
+    bench_signal,
+    profile_step,
+    run_all,
+)
 
 
 def check_common(report, name):
@@ -53,6 +63,26 @@ def test_overhead_compares_every_variant_with_trl_on_identical_settings(tmp_path
             assert all(len(run["timing/policy"]) == 1 for run in r["runs"])
     assert results["neutral_record_on"]["runs"][-1]["timing/record"][0] > 0  # the record was written
     assert results["neutral_record_off"]["runs"][-1]["timing/record"] == [0.0]
+
+
+@pytest.mark.slow
+def test_encode_compares_each_group_size_with_trl_in_interleaved_rounds(tmp_path):
+    report = bench_encode.main(["--quick", "--out", str(tmp_path / "encode.json")])
+    check_common(report, "encode")
+    config, results = report["config"], report["results"]
+    n = config["settings"]["per_device_train_batch_size"]
+    assert config["groups"] == [4, 8] and n == 16
+    for g in config["groups"]:
+        r = results[str(g)]
+        assert r["prompts_per_step"] == n // g and len(r["rounds"]) == config["warmup"] + config["rounds"]
+        for key in ("cpu_ratio", "ratio", "wall_ratio", "trl_cpu_step_s", "once_cpu_step_s"):
+            check_summary(r[key], config["rounds"])
+        v = r["vision"]  # MMR1Trainer's last step: each distinct image once per pass (prefill, reference, loss)
+        assert v["encoded"] == 3 * n // g and v["encoded_by_trl"] == 3 * n and v["fallback_images"] == 0
+    assert isinstance(results["meets_target"], bool)
+    rows = [row for row in run_all.table_rows(tmp_path) if row[0].startswith("encode:")]  # the README table's rows
+    assert [("G=4" in r[0], "G=8" in r[0]) for r in rows] == [(True, False), (False, True)]
+    assert "images encoded 6 vs TRL's 48, preprocessed 2 vs 32" in rows[1][2] and rows[1][3] in ("✅ met", "❌ missed")
 
 
 @pytest.mark.slow
@@ -197,3 +227,31 @@ def test_learning_rejects_an_unknown_override():
     with pytest.raises(SystemExit, match="--set expects KEY=VALUE"):
         bench_learning.parse_overrides(["max_steps"])
     assert bench_learning.preset(False, {"max_steps": 3, "entropy_reg": True})["max_steps"] == 3
+
+
+@pytest.mark.slow
+def test_plan_estimate_of_the_tiny_models_training_peak_is_within_20_percent(tmp_path):
+    report = bench_plan.main(["--quick", "--out", str(tmp_path / "plan.quick.json")])
+    check_common(report, "plan")
+    cases = report["results"]["cases"]
+    assert [(c["size"], c["gradient_checkpointing"]) for c in cases] == [("tiny", False), ("tiny", True)]
+    for case in cases:
+        measured = case["measured_bytes"]
+        assert {"generate", "reference", "rollout", "loss", "optimizer"} <= set(measured)
+        assert measured["peak"] == max(measured.values()) > case["baseline_bytes"] > 0
+        assert abs(case["ratio"] - 1) <= bench_plan.TARGET, case  # tensor bytes: deterministic, not a timing
+    assert cases[1]["measured_bytes"]["loss"] < cases[0]["measured_bytes"]["loss"]  # checkpointing saves memory
+    assert "memory plan: training peak" in run_all.render_table(tmp_path, quick=True)
+
+
+def test_the_calibration_in_docs_is_the_recorded_result():
+    root = Path(__file__).resolve().parent.parent
+    report = json.loads((root / "benchmarks" / "results" / "plan.json").read_text())
+    assert not report["quick"] and report["results"]["all_within_target"]
+    cases = report["results"]["cases"]
+    assert {(c["size"], c["gradient_checkpointing"]) for c in cases} == {
+        (size, gc) for size in ("tiny", "50M", "300M") for gc in (False, True)}
+    assert all(abs(c["ratio"] - 1) <= 0.2 for c in cases)
+    assert bench_plan.markdown_table(report) in (root / "docs" / "memory.md").read_text()
+    assert (root / "benchmarks" / "results" / "plan.png").read_bytes()[:4] == b"\x89PNG"
+

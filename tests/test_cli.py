@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 
 from mmr1kit.cli import main
+from mmr1kit.train import cli as train_cli
 
 FIXTURES = Path(__file__).parent / "fixtures" / "notebooks"
 SUMMARY_NB = str(FIXTURES / "write_summary.ipynb")
 FAILING_NB = str(FIXTURES / "fails_third_cell.ipynb")
+TRAIN_NB = str(Path(__file__).resolve().parent.parent / "notebooks" / "01_train_grpo.ipynb")
 
 
 def test_params_lists_name_type_default_and_help(capsys):
@@ -37,6 +39,19 @@ def test_params_lists_name_type_default_and_help(capsys):
         (["sweep", SUMMARY_NB, "--grid", "n=1", "--jobs", "0"], "--jobs must be at least 1"),
         (["report", "does/not/exist"], "does not exist"),
         (["params", "missing.ipynb"], "missing.ipynb"),
+        # checked before the kernel starts (mmr1kit.preflight), in MMR1Config's words; negative numbers are values
+        (["run", TRAIN_NB, "-p", "learning_rate", "-1e-4"], "error: MMR1Config.learning_rate=-0.0001: must be > 0"),
+        (["run", TRAIN_NB, "-p", "kl_approximator", "k5"], "error: MMR1Config.kl_approximator='k5': expected one of"),
+        (["run", TRAIN_NB, "-p", "dataset", "data_cards/missing.md"],
+         "error: MMR1Config.dataset='data_cards/missing.md': no such file, folder or data card"),
+        (["run", TRAIN_NB, "-p", "task", "cnt", "-p", "eval_size", "0"],
+         ("error: parameter task='cnt' of 01_train_grpo.ipynb: expected one of counting, math, grounding, ocr, "
+          "detection, auto\nerror: parameter eval_size=0 of 01_train_grpo.ipynb: must be >= 1\n")),
+        (["run", TRAIN_NB, "-p", "config_overrides", "{lerning_rate: 0.1}"],
+         "error: MMR1Config: unknown field(s) 'lerning_rate' (did you mean learning_rate"),
+        (["sweep", TRAIN_NB, "--grid", "learning_rate=1e-4,-1e-4", "--grid", "seed=0,1"],
+         "error: grid point learning_rate=-0.0001,seed=0: MMR1Config.learning_rate=-0.0001: must be > 0\n"),
+        (["run", SUMMARY_NB, "--allow-change", "n"], "--allow-change goes with --resume"),
     ],
 )
 def test_bad_arguments_exit_2_before_running(tmp_path, monkeypatch, capsys, argv, message):
@@ -47,20 +62,64 @@ def test_bad_arguments_exit_2_before_running(tmp_path, monkeypatch, capsys, argv
     assert not (tmp_path / "runs").exists()
 
 
+def test_run_without_run_dir_uses_the_notebooks_own_default(tmp_path):
+    """As Run All in JupyterLab: the notebook's run_dir default, relative to the project root (the kernel's working
+    directory); -p run_dir and a preset's run_dir are left to run_notebook; no default means a dated folder."""
+    from mmr1kit.cli import _notebook_run_dir, build_parser
+
+    root = Path(__file__).resolve().parent.parent
+
+    def resolved(*argv):
+        args = build_parser().parse_args(["run", SUMMARY_NB, *argv])
+        return _notebook_run_dir(args, dict(args.parameter))
+
+    assert resolved() == root / "runs" / "fixture-summary"
+    assert resolved("--cwd", str(tmp_path)) == tmp_path / "runs" / "fixture-summary"
+    assert resolved("-p", "run_dir", "elsewhere") is None
+    preset = tmp_path / "p.yaml"
+    preset.write_text("run_dir: from-preset\n")
+    assert resolved("-f", str(preset)) is None
+    preset.write_text("n: 2\n")
+    assert resolved("-f", str(preset)) == root / "runs" / "fixture-summary"
+
+
 def test_unknown_subcommand_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as info:
         main(["train"])
     assert info.value.code == 2
 
 
+def test_the_same_line_from_every_entry_point(tmp_path, monkeypatch, capsys):
+    from mmr1kit.config import MMR1Config
+
+    monkeypatch.chdir(tmp_path)
+    line = "MMR1Config.learning_rate=-0.0001: must be > 0"
+    with pytest.raises(ValueError) as info:
+        MMR1Config(learning_rate=-1e-4)  # the Python API
+    assert str(info.value) == line
+    assert train_cli(["--learning_rate", "-1e-4"]) == 2  # python -m mmr1kit.train
+    assert main(["run", TRAIN_NB, "-p", "learning_rate", "-1e-4"]) == 2
+    assert main(["sweep", TRAIN_NB, "--grid", "seed=0,1", "-p", "learning_rate", "-1e-4"]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: {line}", f"error: {line}",
+                                                    f"error: grid point seed=0: {line}"]
+    assert list(tmp_path.iterdir()) == []  # nothing left behind
+
+
+def test_train_help_fits_on_a_screen(capsys):
+    assert train_cli(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert len(text.splitlines()) <= 30 and "CONFIG.yaml" in text and "--resume_from_checkpoint" in text
+
+
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
-    """`mmr1kit run --resume` into an existing run folder, in-process."""
+    """A run of the fixture notebook, then `mmr1kit run --resume` of it without parameters, in-process."""
     run_dir = tmp_path_factory.mktemp("cli") / "run"
-    run_dir.mkdir()
-    argv = ["run", SUMMARY_NB, "-p", "n", "2", "-p", "widths", "[5]", "--run-dir", str(run_dir), "--resume", "-q"]
+    argv = ["run", SUMMARY_NB, "-p", "n", "2", "-p", "widths", "[5]", "--run-dir", str(run_dir), "-q"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(argv) == 0
     with contextlib.redirect_stdout(io.StringIO()) as out:
-        code = main(argv)
+        code = main(["run", SUMMARY_NB, "--run-dir", str(run_dir), "--resume", "-q"])
     return run_dir, code, out.getvalue()
 
 
@@ -69,8 +128,29 @@ def test_run_prints_run_dir_last_and_exits_0(cli_run):
     run_dir, code, stdout = cli_run
     assert code == 0 and stdout.splitlines()[-1] == str(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
+    # resumed with the parameters of the run's executed notebook, not the notebook's defaults (n=3, widths=[1, 2])
     assert (summary["n"], summary["widths"], summary["resume_from_checkpoint"]) == (2, [5], True)
     assert (run_dir / "write_summary.html").is_file()
+
+
+@pytest.mark.slow
+def test_one_run_per_folder_and_resume_refuses_a_changed_parameter(cli_run, capsys):
+    run_dir, _, _ = cli_run
+    before = (run_dir / "summary.json").read_text()
+    assert main(["run", SUMMARY_NB, "--run-dir", str(run_dir), "-q"]) == 2
+    assert main(["run", SUMMARY_NB, "--run-dir", str(run_dir), "--resume", "-p", "n", "4", "-q"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        (f"error: run folder {run_dir} already holds a run (summary.json): resume it with --resume, choose another "
+         f"--run-dir, or pass --overwrite to move it aside to run.old-<YYYYmmdd-HHMMSS>"),
+        (f"error: resume: n=4 differs from the run's n=2 ({run_dir / 'write_summary.ipynb'}); leave it out to "
+         f"continue the run as it was, or allow the change with --allow-change n")]
+    assert (run_dir / "summary.json").read_text() == before  # refused before anything ran
+
+    with contextlib.redirect_stdout(io.StringIO()):  # an explicit overwrite: the old run is moved aside, whole
+        assert main(["run", SUMMARY_NB, "--run-dir", str(run_dir), "-p", "n", "7", "--overwrite", "-q"]) == 0
+    [old] = run_dir.parent.glob("run.old-*")
+    assert (old / "summary.json").read_text() == before and (old / "write_summary.html").is_file()
+    assert json.loads((run_dir / "summary.json").read_text())["n"] == 7
 
 
 @pytest.mark.slow

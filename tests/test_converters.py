@@ -22,6 +22,9 @@ from mmr1kit.data.converters import (
     convert_clevr_cogen,
     convert_coco_detection,
     convert_countbenchqa,
+    convert_geometry3k,
+    convert_mathverse,
+    convert_mathvista,
     convert_pixmo_count,
     convert_refcoco,
     convert_refer,
@@ -36,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "datasets"
 CARDS = ROOT / "data_cards"
 REAL_CARDS = ["clevr_cogen_a_train", "superclevr_test200", "countbenchqa", "pixmo_count", "refcoco", "refcoco_plus",
-              "refcocog", "textvqa", "coco_detection"]
+              "refcocog", "textvqa", "coco_detection", "mathvista_testmini", "mathverse_vision_only", "geometry3k"]
 HEADINGS = ["## Source and license", "## Canonical structure", "## Preprocessing", "## Statistics",
             "## Intended use here / out of scope", "## Known issues", "## Maintenance", "## How to load"]
 
@@ -185,6 +188,65 @@ def test_coco_detection_xywh_crowd_and_empty_images(tmp_path):
     empty = convert_coco_detection(ann, FIXTURES / "coco" / "val2017", tmp_path / "c2", keep_empty=True,
                                    categories=["bear"], box_convention="qwen2vl_1000")
     assert [r["solution"] for r in rows_of(empty)] == ["[]", '[{"bbox_2d": [83, 83, 917, 917], "label": "bear"}]', "[]"]
+
+
+# ---------------------------------------------------------------------------------------------- math benchmarks
+
+
+def test_mathvista_letters_for_choices_and_official_fields(tmp_path):
+    result = convert_mathvista(FIXTURES / "mathvista", tmp_path / "mv")
+    assert (result.rows, result.skipped) == (5, {"answer_not_in_choices": 1, "small_image": 1})
+    rows = {r["pid"]: r for r in rows_of(result)}
+    assert rows["1"]["solution"] == "C" and rows["1"]["answer_text"] == "145°"  # the letter of "145°"
+    assert rows["1"]["problem"].startswith("Hint: Please answer the question and provide the correct option letter")
+    assert "(C) 145°" in rows["1"]["problem"] and rows["1"]["question"].startswith("As shown in the figure")
+    assert (rows["3"]["answer_type"], rows["3"]["precision"], rows["4"]["solution"]) == ("float", 1.0, "[0, 2, 0]")
+    assert rows["2"]["unit"] == "cm" and rows["2"]["subtask"] == "geometry problem solving"
+    assert rows["6"]["image_width"] == 60  # no decoded_image: the file under images/ was read
+    ds = through_card("mathvista_testmini", tmp_path / "mv", "testmini", tmp_path)
+    assert set(ds["task"]) == {"math"} and ds["choices"][0] == ["135°", "140°", "145°", "150°"]
+
+
+def test_mathverse_keeps_one_version_and_its_reasoning_query(tmp_path):
+    result = convert_mathverse(FIXTURES / "mathverse", tmp_path / "vo")
+    assert (result.rows, result.skipped) == (3, {"other_version": 1})
+    rows = rows_of(result)
+    assert [r["solution"] for r in rows] == ["14", "B", r"\frac{\sqrt{3}}{2}"]
+    assert [r["question_type"] for r in rows] == ["free_form", "multi_choice", "free_form"]
+    assert all(r["problem"].startswith("According to the question shown in the image, please first conduct")
+               for r in rows) and rows[0]["question"] == ""
+    text = convert_mathverse(FIXTURES / "mathverse" / "testmini.parquet", tmp_path / "td", version="Text Dominant",
+                             query="query_wo")
+    assert text.rows == 1 and rows_of(text)[0]["problem"].startswith("According to the question shown in the image, "
+                                                                      "please directly answer")
+    ds = through_card("mathverse_vision_only", tmp_path / "vo", "testmini", tmp_path)
+    assert ds["problem_version"] == ["Vision Only"] * 3
+    with pytest.raises(ValueError, match="version='Vision only' is not one of"):
+        convert_mathverse(FIXTURES / "mathverse", tmp_path / "x", version="Vision only")
+
+
+def test_mathverse_github_json_with_image_paths(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "images_version_6").mkdir()
+    Image.new("RGB", (40, 40), "white").save(tmp_path / "images_version_6" / "image_685.png")
+    row = {"sample_index": "3425", "problem_index": "685", "problem_version": "Vision Only", "question": "",
+           "image": "images_version_6/image_685.png", "answer": "14", "question_type": "free-form",
+           "metadata": {"split": "testmini", "source": "Geo3D_collected", "subject": "Solid Geometry",
+                        "subfield": "Length"}, "query_wo": "wo", "query_cot": "cot"}
+    (tmp_path / "testmini.json").write_text(json.dumps([row]))
+    result = convert_mathverse(tmp_path, tmp_path / "out")
+    assert result.rows == 1 and rows_of(result)[0]["image_width"] == 40
+
+
+def test_geometry3k_one_diagram_placed_at_its_placeholder(tmp_path):
+    result = convert_geometry3k(FIXTURES / "geometry3k", tmp_path / "g3k")
+    assert (result.rows, result.skipped) == (2, {"image_count": 1})
+    rows = rows_of(result)
+    assert [r["id"] for r in rows] == ["geometry3k-test-2401", "geometry3k-test-2402"]
+    assert rows[1]["solution"] == r"2\sqrt{3}" and rows[0]["choices"] == ["1", "2", "3", "4"]
+    ds = through_card("geometry3k", tmp_path / "g3k", "test", tmp_path)
+    assert ds["prompt"][0][0]["content"] == [{"type": "image"}, {"type": "text", "text": "Find x."}]
 
 
 # ---------------------------------------------------------------------------------------------- shared behaviour

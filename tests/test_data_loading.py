@@ -1,4 +1,6 @@
 import json
+from pathlib import Path
+
 import pytest
 from PIL import Image
 
@@ -175,6 +177,24 @@ def test_nothing_there(tmp_path):
         load_dataset(tmp_path / "nope.json")
     with pytest.raises(DatasetError, match="expected train.json"):
         load_dataset(tmp_path)
+
+
+def test_card_without_its_files_names_them_and_gives_its_recipe(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the card's data_dir (data/refcoco) is relative: nothing there
+    card = Path(__file__).resolve().parent.parent / "data_cards" / "refcoco.md"
+    with pytest.raises(DatasetError) as info:
+        load_dataset(card, "val")
+    message = str(info.value)
+    assert "split 'val' is not downloaded; 4 of the card's 4 files are missing" in message
+    for name in ("train", "val", "testA", "testB"):
+        assert f"data/refcoco/{name}.json" in message
+    assert f"relative to {tmp_path}" in message
+    assert "    from mmr1kit.data.converters import convert_refer, convert_refcoco" in message  # the card's recipe
+    assert 'convert_refcoco("lmms-lab/RefCOCO", "data/refcoco", split="val")' in message
+    (tmp_path / "data" / "refcoco").mkdir(parents=True)
+    (tmp_path / "data" / "refcoco" / "train.json").write_text("[]")
+    with pytest.raises(DatasetError, match="3 of the card's 4 files are missing"):
+        load_dataset(card, "val")
 
 
 def _corpus(root):

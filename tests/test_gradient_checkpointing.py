@@ -18,9 +18,10 @@ def length_reward(completions, **kwargs):
 
 def trainer_with(qwen_path, counting_dir, tmp_path, checkpointing: bool):
     config = MMR1Config.from_dict(dict(
-        run_dir=str(tmp_path / f"gc-{checkpointing}"), max_steps=1, learning_rate=0.0, warmup_steps=0,
+        run_dir=str(tmp_path / f"gc-{checkpointing}"), max_steps=1, warmup_steps=0,
         per_device_train_batch_size=8, num_generations=4, max_completion_length=8, save_strategy="no", beta=0.0,
         gradient_checkpointing=checkpointing, seed=0))
+    config.learning_rate = 0.0  # MMR1Config refuses a run that cannot learn; this step must change nothing
     dataset = load_dataset(counting_dir, "train", config)
     trainer = MMR1Trainer(model=str(qwen_path), reward_funcs=[length_reward], args=config, train_dataset=dataset,
                           record=False)

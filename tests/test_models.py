@@ -1,4 +1,8 @@
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,21 +20,32 @@ MESSAGES = [
 ]
 
 
-@pytest.mark.parametrize("fixture", ["qwen_path", "llava_path"])
-def test_built_model_reloads_with_auto_classes_and_generates(fixture, request):
-    path = request.getfixturevalue(fixture)
+@pytest.mark.parametrize("arch", sorted(models.ARCHITECTURES))
+def test_built_model_reloads_with_auto_classes_and_generates_with_two_images(arch):
+    path = models.tiny_vlm(arch=arch, hidden_size=64, vision_hidden_size=32)  # the sizes of tests/conftest.py
     processor = AutoProcessor.from_pretrained(path)
     model = AutoModelForImageTextToText.from_pretrained(path)
-    assert model.config.model_type == ("qwen2_5_vl" if fixture == "qwen_path" else "llava")
-    image = Image.new("RGB", (112, 112), "white")
-    inputs = processor.apply_chat_template(
-        [[{**MESSAGES[0], "content": [{"type": "image", "image": image}, MESSAGES[0]["content"][1]]}]],
-        add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
-    )
-    image_token = model.config.image_token_id if fixture == "qwen_path" else model.config.image_token_index
-    assert (inputs["input_ids"] == image_token).sum() > 0  # the image really reaches the model
+    assert model.config.model_type == arch
+    images = [Image.new("RGB", (112, 112), "white"), Image.new("RGB", (80, 112), "red")]
+    content = [{"type": "image", "image": images[0]}, {"type": "image", "image": images[1]}, MESSAGES[0]["content"][1]]
+    inputs = processor.apply_chat_template([[{**MESSAGES[0], "content": content}]], add_generation_prompt=True,
+                                           tokenize=True, return_dict=True, return_tensors="pt")
+    image_token = getattr(model.config, "image_token_id", None) or model.config.image_token_index
+    one = processor.apply_chat_template([[{**MESSAGES[0], "content": content[1:]}]], add_generation_prompt=True,
+                                        tokenize=True, return_dict=True, return_tensors="pt")
+    n_two, n_one = ((x["input_ids"] == image_token).sum().item() for x in (inputs, one))
+    assert n_one > 0 and n_two > n_one  # both images really reach the model
     out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert out.shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_tiny_names_resolve_to_any_family():
+    from mmr1kit.trainer import resolve_model
+
+    path = resolve_model("tiny-idefics3")
+    assert json.loads((models.cache_dir() / "models" / path.split("/")[-1] / "config.json").read_text())[
+        "model_type"] == "idefics3"
+    assert resolve_model("tiny-gpt2") == "tiny-gpt2"  # not a family: a path / hub id as given
 
 
 def test_tokenizer_roundtrip_is_lossless_and_specials_are_single_tokens(qwen_path):
@@ -96,3 +111,21 @@ def test_freeze_vision_tower_trains_everything_else(qwen_path, counting_dir, tmp
     assert changed == {n for n in params if n not in frozen and not any(u in n for u in UNUSED_BY_DESIGN)}
     with pytest.raises(ValueError, match="no vision tower"):
         models.freeze_vision_tower(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.slow
+def test_processes_that_start_at_once_build_the_cached_model_once(tmp_path):
+    """The points of a sweep or the tasks of a Slurm array start together on a cold cache: one builds, the others
+    wait for it (`cache_lock`) and load what it built."""
+    code = ("import sys; from mmr1kit.models import tiny_vlm; from transformers import AutoModelForImageTextToText; "
+            "p = tiny_vlm(hidden_size=32, vision_hidden_size=32); AutoModelForImageTextToText.from_pretrained(p); "
+            "print(p)")
+    env = {**os.environ, "MMR1KIT_CACHE": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outputs]
+    built = {out.strip() for out, _ in outputs}
+    assert len(built) == 1
+    name = Path(built.pop()).name
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [name, f"{name}.lock"]  # no partial build

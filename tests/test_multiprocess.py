@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from raw_records import raw_rows, raw_steps, rollouts_per_step
 
 from mmr1kit import kl
 from mmr1kit.launch import free_port
@@ -84,8 +85,8 @@ def test_two_processes_gather_groups_record_once_and_resume(qwen_path, counting_
         local_only_differs |= not torch.allclose(local, expected, atol=1e-3)
     assert local_only_differs  # the check can tell gathered from per-process normalization
 
-    # (b) every process's rollouts exactly once, from the main process only
-    assert rollouts.groupby("step").size().to_dict() == {1: G, 2: G}
+    # (b) every process's rollouts exactly once, from the main process only (the raw lines, not a reader's view)
+    assert rollouts_per_step(run_dir) == {1: G, 2: G} and raw_steps(run_dir) == [1, 2]
     assert (rollouts.groupby(["step", "group"])["prompt_id"].nunique() == 1).all()
     assert not rollouts.duplicated(["step", "completion"]).any()
     assert (run_dir / "checkpoints" / "checkpoint-2" / "trainer_state.json").exists()
@@ -96,13 +97,15 @@ def test_two_processes_gather_groups_record_once_and_resume(qwen_path, counting_
     # checkpoint) is dropped.
     with open(run_dir / "rollouts.jsonl", "a") as f:
         f.write(json.dumps({"step": 3, "prompt_id": "from-a-dead-run", "group": 0}) + "\n")
-    launch(preset, "resumed", "--max_steps", "4", "--resume_from_checkpoint", "true", machines=2)
+    launch(preset, "resumed", "--max_steps", "4", "--allow_changes", "max_steps", "--resume_from_checkpoint", "true",
+           machines=2)  # a longer run: a change to the record, so it is named
     resumed = [d for k in (0, 1) for d in read_jsonl(run_dir / f"rank{k}.jsonl")[0] if d["launch"] == "resumed"]
     assert sorted({d["step"] for d in resumed}) == [3, 4]  # steps 1-2 came from the checkpoint, not retrained
     run = load_run(run_dir)
-    assert run.rollouts.groupby("step").size().to_dict() == {1: G, 2: G, 3: G, 4: G}
-    assert "from-a-dead-run" not in set(run.rollouts["prompt_id"])
-    assert run.metrics["step"].tolist() == [1, 2, 3, 4]
+    assert rollouts_per_step(run_dir) == {1: G, 2: G, 3: G, 4: G}
+    assert "from-a-dead-run" not in {r.get("prompt_id") for r in raw_rows(run_dir, "rollouts.jsonl")}
+    assert raw_steps(run_dir) == [1, 2, 3, 4] and run.repeated_steps == {}
     state = json.loads((run_dir / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4 and [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3, 4]
     assert run.manifest["resumed_from"].endswith("checkpoint-2")
+    assert run.manifest["resumes"][0]["changed"] == {"max_steps": [2, 4]} and run.config["max_steps"] == 4

@@ -1,23 +1,30 @@
 """The notebooks: hygiene (static, fast) for every `notebooks/*.ipynb`, then real papermill execution with smoke
-parameters, asserting on the numbers each notebook records (never on cell text).
+parameters, asserting on the numbers each notebook records (never on cell text), and on what each HTML report shows
+a reader: every figure the notebook saved, embedded, and no library noise.
 
-Execution: 01 with its own defaults (a CPU smoke run), 02 on a real tiny run, 03 on two runs of a real tiny sweep,
-05 through `mmr1kit.compare.compare_report` on that sweep.
+Execution: 01 with its own defaults (and `report_to tensorboard`) through `mmr1kit run` in a fresh copy of the project (a CPU smoke run, shared
+with the browser test), then 02, 03 and 05 with their own defaults on it; 02 on a real tiny run, 03 on two runs of a
+real tiny sweep, 05 through `mmr1kit.compare.compare_report` on that sweep, 06 on the tiny run's last capsule.
 """
 
 import ast
 import json
-import shutil
+import re
 from pathlib import Path
 
 import nbformat
 import numpy as np
 import pytest
+from helpers_cli import mmr1kit_run
+from reports import NOISE, figures_in_report, report_text
+
+from raw_records import raw_rows
+from tracker_records import tensorboard_scalars
 
 from mmr1kit.config import MMR1Config
 from mmr1kit.notebook import notebook_parameters, run_notebook
 
-pytest_plugins = ["runs_fixture"]  # tiny_run, tiny_sweep: real tiny run folders
+pytest_plugins = ["runs_fixture"]  # tiny_run, tiny_sweep: real tiny run folders; smoke_project: notebook 01's defaults
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -29,7 +36,7 @@ MAX_DEFINITION_LINES = 10
 def test_the_workflow_notebooks_exist():
     names = {p.name for p in NOTEBOOKS}
     assert {"01_train_grpo.ipynb", "02_inspect_rollouts.ipynb", "03_training_curves.ipynb",
-            "05_compare_runs.ipynb"} <= names
+            "05_compare_runs.ipynb", "06_objective_lab.ipynb"} <= names
 
 
 # ---------------------------------------------------------------------------------------------- hygiene
@@ -68,7 +75,8 @@ def test_listed_in_the_readme(path):
 
 def test_readme_indexes_every_stage():
     text = README.read_text()
-    for name in ("01_train_grpo", "02_inspect_rollouts", "03_training_curves", "04_evaluate", "05_compare_runs"):
+    for name in ("01_train_grpo", "02_inspect_rollouts", "03_training_curves", "04_evaluate", "05_compare_runs",
+                 "06_objective_lab"):
         assert f"| [`{name}.ipynb`]" in text or f"| `{name}.ipynb`" in text, name
 
 
@@ -93,37 +101,85 @@ def read(path):
     return json.loads(Path(path).read_text())
 
 
+def assert_clean_report(html):
+    """The report of a successful run carries results, not library noise."""
+    noise = sorted({m.group(0) for m in NOISE.finditer(report_text(html))})
+    assert not noise, f"{html.name} carries library noise: {noise}"
+
+
 @pytest.mark.slow
-def test_01_train_grpo_smoke(tmp_path):
+def test_01_train_grpo_smoke(smoke_project):
     notebook = ROOT / "notebooks" / "01_train_grpo.ipynb"
-    result = run_notebook(notebook, run_dir=tmp_path / "run", **QUIET)
-    summary = read(tmp_path / "run" / "summary.json")
+    run_dir = smoke_project.run_dir  # notebook 01's own default (runs/smoke), given nothing on the command line
+    summary = read(run_dir / "summary.json")
     assert 0 <= summary["eval/accuracy_before"] <= 1
     assert 0 <= summary["eval/accuracy_after"] <= 1
     assert summary["wall_time_s"] > 0
     steps = int(notebook_parameters(notebook)["max_steps"]["default"])
     assert summary["grpo_steps"] == steps
-    assert result.html.is_file() and result.html.stat().st_size > 10_000
+    html = run_dir / "01_train_grpo.html"
+    assert smoke_project.train.stdout.splitlines()[-1] == str(run_dir)
     # headless: text progress lines (relayed to the terminal by papermill), not transformers' HTML table
-    outputs = [o for cell in nbformat.read(result.notebook, as_version=4).cells for o in cell.get("outputs", [])]
+    outputs = [o for cell in nbformat.read(run_dir / notebook.name, as_version=4).cells for o in cell.get("outputs", [])]
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     assert f"[grpo] step {steps}/{steps} (100%)" in text and "[warm start] step 20/20 (100%)" in text
     assert not any("<progress" in o.get("data", {}).get("text/html", "") for o in outputs)
     assert "Loading weights" not in text  # loading bars are off: under papermill they froze at "0%"
-    for name in ("rewards", "kl", "entropy", "rollouts_last_step", "accuracy_by_count"):
-        png = tmp_path / "run" / f"{name}.png"
-        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    figures = {"rewards", "kl", "entropy", "rollouts_last_step", "accuracy_by_count"}
+    assert {p.stem for p in run_dir.glob("*.png")} == figures
+    # the report embeds every one of them (same pixels), in the order the notebook draws them
+    shown = figures_in_report(html, run_dir)
+    assert sorted(shown, key=shown.get) == [f"{name}.png" for name in
+                                           ("accuracy_by_count", "rewards", "kl", "entropy", "rollouts_last_step")]
+    assert_clean_report(html)
+
+
+@pytest.mark.slow
+def test_01_console_is_progress_and_results(smoke_project):
+    lines = [line for line in smoke_project.train.stderr.splitlines() if line.strip()]
+    noise = [line for line in lines if NOISE.search(line) or re.fullmatch(r"<[\w.]+( [^<>]*)?>", line.strip())
+             or re.match(r"(Executing|Ending) Cell", line) or "Alternative text" in line]
+    assert not noise, noise
+    progress = [line for line in lines if line.startswith(("[warm start] step", "[grpo] step"))]
+    assert len(progress) == 20 + 4
+    run_dir = smoke_project.run_dir
+    for name in ("accuracy_by_count", "rewards", "kl", "entropy", "rollouts_last_step"):
+        assert f"figure: {run_dir / name}.png" in lines
+    assert any(line.startswith("EvalResult(32 records") for line in lines)
+
+
+@pytest.mark.slow
+def test_notebooks_chain_with_their_defaults(smoke_project):
+    """01, then 02, 03 and 05 with nothing given: each reads runs/smoke and writes into its own folder."""
+    root, run_dir = smoke_project.root, smoke_project.run_dir
+    written = {}
+    for name, folder, record in (("02_inspect_rollouts", "inspect", "inspect_rollouts.json"),
+                                 ("03_training_curves", "curves", "curves.json"),
+                                 ("05_compare_runs", "compare", "comparison.json")):
+        run = mmr1kit_run(root, f"notebooks/{name}.ipynb")
+        assert run.returncode == 0, run.stderr[-3000:]
+        out = root / "runs" / folder
+        assert run.stdout.splitlines()[-1] == str(out)
+        written[name] = read(out / record)
+        figures_in_report(out / f"{name}.html", out)
+        assert_clean_report(out / f"{name}.html")
+    assert (root / written["02_inspect_rollouts"]["run"]).resolve() == run_dir
+    [curves] = written["03_training_curves"]["runs"].values()
+    assert (root / curves["path"]).resolve() == run_dir and curves["steps"] == 4
+    assert len(written["03_training_curves"]["figures"]) == 9
+    assert written["05_compare_runs"]["runs"] == 1
+    assert not (run_dir / "inspect_rollouts.json").exists()  # the run inspected is only read
 
 
 @pytest.mark.slow
 def test_02_inspect_rollouts(tiny_run, tmp_path):
-    run_dir = tmp_path / "run"
-    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("checkpoints"))
+    run_dir = tmp_path / "inspect"
     result = run_notebook(ROOT / "notebooks" / "02_inspect_rollouts.ipynb", run_dir=run_dir,
-                          parameters={"threshold": 0.51, "n_gallery": 2}, **QUIET)
+                          parameters={"run": str(tiny_run), "threshold": 0.51, "n_gallery": 2}, **QUIET)
     record = read(run_dir / "inspect_rollouts.json")
+    assert record["run"] == str(tiny_run)
 
-    rows = [json.loads(line) for line in (run_dir / "rollouts.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tiny_run / "rollouts.jsonl").read_text().splitlines()]
     totals, ious = {}, {}
     for row in rows:
         totals.setdefault((row["step"], row["group"]), []).append(row["reward"])
@@ -144,6 +200,7 @@ def test_02_inspect_rollouts(tiny_run, tmp_path):
     shown = sum(len(v) for v in record["gallery"].values())
     assert html.count('class="mmr1-group"') >= shown > 0
     assert html.count('class="mmr1-figure"') >= shown
+    assert_clean_report(result.html)
 
 
 @pytest.mark.slow
@@ -158,17 +215,18 @@ def test_03_training_curves(tiny_sweep, tmp_path):
         assert info["steps"] == 3
         for key in ("reward", "kl/k1", "kl/k2", "kl/k3", "kl/exact", "entropy", "temperature"):
             assert info["last"][key] == pytest.approx(last[key]), key
-    expected = {"rewards", "kl", "entropy", "temperature", "lengths", "clip_ratio", "optimizer", "timing"}
+    expected = {"rewards", "kl", "entropy", "temperature", "lengths", "clip_ratio", "optimizer", "timing", "memory"}
     expected |= {f"ledger_{run.name}" for run in runs}  # the prompt ledger's view, one per run
     assert set(record["figures"]) == {f"{name}.png" for name in expected}
     for name in record["figures"]:
         assert (tmp_path / "curves" / name).read_bytes()[:4] == b"\x89PNG"
+    assert set(figures_in_report(result.html, tmp_path / "curves")) == set(record["figures"])
+    assert_clean_report(result.html)
     fates = read(tmp_path / "curves" / "ledger.json")
     for run, label in zip(runs, fates):  # every prompt of the run's prompts.jsonl has exactly one fate
         prompts = {json.loads(line)["prompt_id"] for line in (run / "prompts.jsonl").read_text().splitlines()}
         assert sum(fates[label].values()) == len(prompts) > 0
-    html = result.html.read_text()
-    assert html.count("data:image/png") >= len(expected) and html.count("pass_rate_at_step") == len(runs)
+    assert result.html.read_text().count("pass_rate_at_step") == len(runs)
 
 
 @pytest.mark.slow
@@ -193,3 +251,33 @@ def test_05_compare_runs_via_compare_report(tiny_sweep, tmp_path):
     assert (out / "comparison.csv").is_file() and (out / "runs.csv").is_file()
     assert (out / "sweep_kl_approximator.png").is_file() and (out / "curves_rewards_kl_approximator.png").is_file()
     assert result.html == out / "05_compare_runs.html" and result.html.is_file()
+    assert len(figures_in_report(result.html, out)) == len(list(out.glob("*.png"))) >= 4
+    assert_clean_report(result.html)
+
+
+@pytest.mark.slow
+def test_06_objective_lab(tiny_run, tmp_path):
+    grid = {"kl_approximator": ["k1", "k3", "exact"], "loss_type": ["grpo", "dapo"]}
+    result = run_notebook(ROOT / "notebooks" / "06_objective_lab.ipynb", run_dir=tmp_path / "lab",
+                          parameters={"run": str(tiny_run), "grid": grid}, **QUIET)
+    record = read(tmp_path / "lab" / "objective_lab.json")
+    metrics = {r["step"]: r for r in map(json.loads, (tiny_run / "metrics.jsonl").read_text().splitlines())}
+    assert record["step"] == 3  # the latest capsule (capsule_every=2 over 3 steps: steps 2 and 3)
+    labels = [v["label"] for v in record["variants"]]
+    assert labels == [f"kl_approximator={k}, loss_type={t}" for k in grid["kl_approximator"] for t in grid["loss_type"]]
+    own = [v for v in record["variants"] if v["is_run"]]
+    assert [v["label"] for v in own] == ["kl_approximator=k3, loss_type=grpo"]
+    assert own[0]["loss"] == pytest.approx(metrics[3]["loss"], rel=1e-6)  # replay reproduces the logged step
+    assert own[0]["grad_norm"] == pytest.approx(metrics[3]["grad_norm"], rel=1e-6)
+    for row in record["estimators"]:  # the estimators at the capsule's weights: what the run logged at step 3
+        assert row["mean"] == pytest.approx(metrics[3][f"kl/{row['estimator']}"], rel=1e-5, abs=1e-8)
+    cosine = np.array(record["cosine"]["data"])
+    assert record["cosine"]["index"] == labels and np.allclose(np.diag(cosine), 1.0)
+    capsule = tiny_run / "capsules" / "step-3"
+    assert record["capsule_bytes"] == {name: (capsule / name).stat().st_size for name in record["capsule_bytes"]}
+    for name in record["figures"]:
+        assert (tmp_path / "lab" / name).read_bytes()[:4] == b"\x89PNG"
+    assert set(figures_in_report(result.html, tmp_path / "lab")) == set(record["figures"])  # all in the report
+    assert_clean_report(result.html)
+    replay = read(tmp_path / "lab" / "replay.json")
+    assert [v["label"] for v in replay["variants"]] == labels

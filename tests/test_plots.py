@@ -74,7 +74,7 @@ def test_plot_metrics_one_panel_per_key_and_missing_key(tmp_path):
     fig = plots.plot_metrics(_metrics(), ["loss", "reward", "nope"], title="t")
     assert isinstance(fig, Figure)
     assert len(fig.axes) == 3
-    assert [ax.get_title() for ax in fig.axes] == ["loss", "reward", "nope"]
+    assert [ax.get_title() for ax in fig.axes] == ["Training loss", "Total reward (weighted sum)", "nope"]
     assert [len(ax.get_lines()) for ax in fig.axes] == [1, 1, 0]
     assert plots.NOT_LOGGED in [t.get_text() for t in fig.axes[2].texts]
     x, _y = fig.axes[0].get_lines()[0].get_data()
@@ -86,11 +86,11 @@ def test_plot_metrics_one_panel_per_key_and_missing_key(tmp_path):
 def test_plot_metrics_overlays_runs_smooths_and_expands_patterns():
     a, b = _metrics(seed=0), _metrics(seed=1).drop(columns=["loss"])
     fig = plots.plot_metrics({"a": a, "b": b}, ["loss", "rewards/*/mean"], smooth_window=3, ncols=2)
-    assert [ax.get_title() for ax in fig.axes] == ["loss", "rewards/accuracy/mean", "rewards/format/mean"]
+    assert [ax.get_title() for ax in fig.axes] == ["Training loss", "Reward: accuracy", "Reward: format"]
     # loss: only run a (raw + smooth); each reward panel: 2 runs x (raw + smooth)
     assert [len(ax.get_lines()) for ax in fig.axes] == [2, 4, 4]
     legend = fig.axes[0].get_legend()
-    assert [t.get_text() for t in legend.get_texts()] == ["a"]
+    assert [t.get_text() for t in legend.get_texts()] == ["a", "mean of the last 3 logged steps", "raw values"]
     smooth_line = fig.axes[0].get_lines()[1]
     np.testing.assert_allclose(smooth_line.get_ydata(), plots.smooth(a["loss"], 3).to_numpy())
     no_raw = plots.plot_metrics({"a": a, "b": b}, ["reward"], smooth_window=3, show_raw=False)
@@ -108,21 +108,22 @@ def test_plot_metrics_skips_nan_steps_and_accepts_step_index():
 
 def test_plot_rewards_bands_and_panels():
     fig = plots.plot_rewards(_metrics())
-    assert [ax.get_title() for ax in fig.axes] == ["reward", "rewards/accuracy/mean", "rewards/format/mean"]
+    assert [ax.get_title() for ax in fig.axes] == ["Total reward (weighted sum)", "Reward: accuracy", "Reward: format"]
     # std band where the std column exists: reward_std and rewards/format/std, not accuracy
     assert [len(ax.collections) for ax in fig.axes] == [1, 0, 1]
     fig2 = plots.plot_rewards({"a": _metrics(), "b": _metrics(seed=2)}, smooth_window=2, show_std=False)
     assert [len(ax.collections) for ax in fig2.axes] == [0, 0, 0]
     assert _lines(fig2) == 3 * 2 * 2
     only_total = plots.plot_rewards(pd.DataFrame({"step": [1, 2], "reward": [0.0, 1.0]}))
-    assert [ax.get_title() for ax in only_total.axes] == ["reward"]
+    assert [ax.get_title() for ax in only_total.axes] == ["Total reward (weighted sum)"]
 
 
 def test_plot_kl_one_axes_per_run_one_line_per_estimator(tmp_path):
     df = _metrics().drop(columns=["kl"])
     fig = plots.plot_kl(df)
     assert len(fig.axes) == 1 and _lines(fig) == 4
-    assert {line.get_label() for line in fig.axes[0].get_lines()} == {"kl/k1", "kl/k2", "kl/k3", "kl/exact"}
+    assert {line.get_label() for line in fig.axes[0].get_lines()} == {
+        plots.diagnostics.KL_LINES[k][0] for k in ("kl/k1", "kl/k2", "kl/k3", "kl/exact")}
     fig2 = plots.plot_kl({"run1": df, "run2": _metrics(seed=3).drop(columns=["kl"])})
     assert len(fig2.axes) == 2 and _lines(fig2) == 8
     assert "run2" in fig2.axes[1].get_title()
@@ -160,7 +161,7 @@ def test_plot_timing_area_and_bar(tmp_path):
     area = plots.plot_timing(df)
     assert len(area.axes) == 1
     assert len(area.axes[0].collections) == 4  # one stacked area per timing/* column
-    assert [line.get_label() for line in area.axes[0].get_lines()] == ["step_time"]
+    assert [line.get_label() for line in area.axes[0].get_lines()] == ["step time"]
     bar = plots.plot_timing(df, kind="bar")
     rects = [p for p in bar.axes[0].patches if isinstance(p, Rectangle)]
     assert len(rects) == 5 * 4
@@ -223,6 +224,46 @@ def test_plot_accuracy_by_group_bars_heights_and_legend(tmp_path):
     assert sum(len(c) for c in one.axes[0].containers) == 3
     with pytest.raises(ValueError, match="difficulty"):
         plots.plot_accuracy_by_group(_eval_df(), group="difficulty")
+
+
+def _outcomes():
+    from mmr1kit.evaluate_stats import outcome_table
+
+    rows = []
+    for label, correct, answered in (("warm start", [1, 0, 0, 0], [1, 1, 0, 1]), ("after GRPO", [1, 1, 1, 0], [1] * 4)):
+        rows += [{"id": str(i), "sample": 0, "label": label, "correct": bool(c), "answered": bool(a)}
+                 for i, (c, a) in enumerate(zip(correct, answered))]
+    return pd.DataFrame(rows), outcome_table(pd.DataFrame(rows))
+
+
+def test_plot_outcomes_stacks_correct_wrong_and_no_answer(tmp_path):
+    _, table = _outcomes()
+    fig = plots.plot_outcomes(table)
+    ax = fig.axes[0]
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert len(bars) == 3 and all(len(b) == 2 for b in bars)
+    correct, wrong, none = bars  # rows drawn bottom-up: "after GRPO" first
+    np.testing.assert_allclose([r.get_width() for r in correct], [0.75, 0.25])
+    np.testing.assert_allclose([r.get_width() for r in wrong], [0.25, 0.5])
+    np.testing.assert_allclose([r.get_width() for r in none], [0.0, 0.25])
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["after GRPO", "warm start"]
+    assert any(t.startswith("75.0% [") and t.endswith("n=4") for t in _text(fig))
+    fig.savefig(tmp_path / "outcomes.png")
+    with pytest.raises(ValueError, match="outcome_table"):
+        plots.plot_outcomes(table.drop(columns=["accuracy_low"]))
+
+
+def test_plot_paired_differences_one_interval_per_comparison(tmp_path):
+    from mmr1kit.evaluate_stats import comparison_table, paired_comparison
+
+    records, _ = _outcomes()
+    fig = plots.plot_paired_differences(comparison_table(records))
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["after GRPO vs warm start"]
+    assert any(t.startswith("+50.0 [") and "p=0.5" in t for t in _text(fig))  # 2 discordant pairs: p = 0.5
+    fig.savefig(tmp_path / "paired.png")
+    same = plots.plot_paired_differences([paired_comparison(records, "warm start", "after GRPO")])
+    assert [t.get_text() for t in same.axes[0].get_yticklabels()] == ["after GRPO vs warm start"]
 
 
 @pytest.fixture
@@ -320,3 +361,127 @@ def test_figures_are_not_registered_with_pyplot():
     plots.plot_metrics(_metrics(), ["loss"])
     plots.plot_kl(_metrics())
     assert plt.get_fignums() == before
+
+
+# ---------------------------------------------------------------------------------------------- paper-ready figures
+
+
+def _legend_texts(fig):
+    return [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+
+
+def test_every_figure_has_readable_titles_labelled_axes_and_no_none_legend(images):
+    one_run = _metrics()  # a single unlabelled run, as notebook 01 passes it
+    figures = {
+        "rewards": plots.plot_rewards(one_run, smooth_window=5),
+        "metrics": plots.plot_metrics(one_run, ["learning_rate", "grad_norm", "loss", "step_time", "kl/k3"]),
+        "kl": plots.plot_kl(one_run, smooth_window=5),
+        "entropy": plots.plot_entropy(one_run, smooth_window=5),
+        "temperature": plots.plot_temperature(one_run),
+        "lengths": plots.plot_lengths(one_run),
+        "timing": plots.plot_timing(one_run),
+        "accuracy": plots.plot_accuracy_by_group(_eval_df()),
+        "sweep": plots.plot_sweep(pd.DataFrame({"lr": [1, 2], "seed": [0, 0], "final/reward": [0.1, 0.2]}), "lr",
+                                  "final/reward"),
+    }
+    one_run["learning_rate"] = 1e-4
+    figures["metrics"] = plots.plot_metrics(one_run, ["learning_rate", "grad_norm", "loss", "step_time", "kl/k3"])
+    for name, fig in figures.items():
+        legend = _legend_texts(fig)
+        assert not any("None" in t for t in legend), (name, legend)
+        for ax in fig.axes:
+            twin = ax is not fig.axes[0] and fig.axes[0] in ax.get_shared_x_axes().get_siblings(ax)
+            if twin or (not ax.get_lines() and not ax.containers and not ax.collections):
+                continue
+            title, xlabel, ylabel = ax.get_title(), ax.get_xlabel(), ax.get_ylabel()
+            assert title and "/" not in title and "_" not in title, (name, title)  # not a raw metric key
+            assert xlabel and ylabel and "_" not in ylabel, (name, xlabel, ylabel)
+    assert figures["rewards"].axes[0].get_xlabel() == "optimizer step"
+    assert figures["metrics"].axes[3].get_ylabel() == "seconds"
+    assert figures["kl"].axes[0].get_ylabel() == "KL (nats per token)"
+    assert figures["accuracy"].axes[0].get_xlabel() == "true count"
+    assert figures["sweep"].axes[0].get_ylabel() == "reward per completion"
+    ticks = figures["rewards"].axes[0].xaxis.get_major_locator().tick_values(1, 12)
+    assert np.allclose(ticks, np.round(ticks))  # whole steps only
+
+
+def _band_y(ax):
+    [band] = [c for c in ax.collections if c.get_label() == "_std"]
+    return np.concatenate([p.vertices[:, 1] for p in band.get_paths()])
+
+
+def test_reward_bands_are_labelled_and_clipped_to_the_reward_range():
+    df = _metrics().drop(columns=["loss"])
+    df["rewards/accuracy/std"] = 0.6  # mean ± std runs past [0, 1] at both ends
+    df["reward_std"] = 0.6
+    fig = plots.plot_rewards(df, smooth_window=3)
+    total, accuracy, fmt = fig.axes
+    assert _band_y(accuracy).min() == 0.0 and _band_y(accuracy).max() == 1.0  # clipped, not just drawn past
+    assert _band_y(fmt).min() >= 0.0 and _band_y(fmt).max() <= 1.0
+    assert _band_y(total).min() < 0  # the total's range depends on the weights: unknown here, not clipped
+    low, high = accuracy.get_ylim()
+    assert low < 0 and 1 < high < 1.1  # the whole range [0, 1] shows, with a margin
+    assert plots.curves.BAND_LABEL in _legend_texts(fig)
+    bounds = plots.reward_bounds({"reward_funcs": ["accuracy", "format"], "reward_weights": [1.0, 0.1]})
+    assert bounds == {"rewards/accuracy/mean": (0.0, 1.0), "rewards/format/mean": (0.0, 1.0), "reward": (0.0, 1.1)}
+    clipped = plots.plot_rewards(df, bounds=bounds)
+    assert _band_y(clipped.axes[0]).min() == 0.0 and _band_y(clipped.axes[0]).max() <= 1.1 + 1e-12
+    # perpo_iou is in [-1, 1] (an alias name works too); a custom function has no known range, nor has the total
+    assert plots.reward_bounds({"reward_funcs": ["perpo_reward"], "reward_scale": 2.0}) == {
+        "rewards/perpo_reward/mean": (-1.0, 1.0), "reward": (-2.0, 2.0)}
+    assert plots.reward_bounds({"reward_funcs": ["accuracy", "my_length_reward"]}) == {
+        "rewards/accuracy/mean": (0.0, 1.0)}
+
+
+def test_schedules_and_timings_are_drawn_as_logged_not_smoothed():
+    df = _metrics()
+    df["learning_rate"] = np.where(df["step"] <= 5, df["step"] * 2e-5, 1e-4)  # warm-up, then constant
+    df["step_time"] = [3.0, 9.0, 3.0, 3.0, 12.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0]  # two slow steps
+    fig = plots.plot_metrics(df, ["learning_rate", "temperature", "step_time", "timing/generate", "reward"],
+                             smooth_window=5)
+    for ax, key in zip(fig.axes[:4], ["learning_rate", "temperature", "step_time", "timing/generate"]):
+        [line] = ax.get_lines()  # one line, the logged values: no faint raw line under a smoothed one
+        np.testing.assert_array_equal(line.get_ydata(), df[key].to_numpy())
+    raw, smoothed = fig.axes[4].get_lines()
+    np.testing.assert_array_equal(raw.get_ydata(), df["reward"].to_numpy())
+    np.testing.assert_allclose(smoothed.get_ydata(), plots.smooth(df["reward"], 5).to_numpy())
+    temperature = plots.plot_temperature(df)
+    np.testing.assert_array_equal(temperature.axes[0].get_lines()[0].get_ydata(), df["temperature"].to_numpy())
+
+
+def test_fractions_keep_their_axis_within_zero_and_one():
+    df = _metrics().assign(**{"clip_ratio/low_mean": 0.0, "completions/clipped_ratio": 1.0})
+    fig = plots.plot_metrics(df, ["clip_ratio/low_mean", "completions/clipped_ratio"])
+    for ax in fig.axes:  # constant 0 or 1: matplotlib alone would pad the axis to -0.05 or 1.05
+        low, high = ax.get_ylim()
+        assert -0.021 <= low and high <= 1.021
+
+
+def test_rollout_gallery_shows_the_ground_truth_next_to_the_prediction(images):
+    rows = _rollouts(3).assign(solution=["3", "<answer>2</answer>", "[1, 2, 3, 4]"],
+                               completion=["<answer>3</answer>", "<answer> 4 </answer>", "no tags here"])
+    fig = plots.rollout_gallery(rows, image_root=images)
+    labels = [" ".join(ax.get_xlabel().splitlines()) for ax in fig.axes]  # the lines are wrapped at spaces
+    for label, truth in zip(labels, ["truth 3 · answer 3", "truth 2 · answer 4",
+                                     "truth [1, 2, 3, 4] · answer (no <answer>)"]):
+        assert label.startswith(truth), label
+    with_answer = plots.rollout_gallery(rows.assign(answer=["7", None, "5"]), image_root=images)
+    labels = [" ".join(ax.get_xlabel().splitlines()) for ax in with_answer.axes]
+    for label, truth in zip(labels, ["truth 3 · answer 7", "truth 2 · answer 4", "truth [1, 2, 3, 4] · answer 5"]):
+        assert label.startswith(truth), label
+    no_solution = plots.rollout_gallery(rows.drop(columns=["solution"]), image_root=images)
+    assert not any("truth" in ax.get_xlabel() for ax in no_solution.axes)
+
+
+def test_gallery_writes_control_characters_escaped_and_renders_without_glyph_warnings(images):
+    import warnings
+
+    rows = _rollouts(1).assign(completion="<answer>\x10\x1b3</answer>", solution="3")
+    fig = plots.rollout_gallery(rows, image_root=images)
+    assert fig.axes[0].get_title(loc="left") == "<answer>\\x10\\x1b3</answer>"
+    assert " ".join(fig.axes[0].get_xlabel().splitlines()).startswith("truth 3 · answer \\x10\\x1b3")
+    cjk = plots.rollout_gallery(rows.assign(completion="<answer>三</answer>"), image_root=images)  # no such glyph
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert fig._repr_png_()[:4] == b"\x89PNG" and cjk._repr_png_()[:4] == b"\x89PNG"
+    assert not [w for w in caught if "Glyph" in str(w.message)]

@@ -45,7 +45,7 @@ def test_resumed_steps_are_not_duplicated(tmp_path):
         rec.log_rollouts([{"step": step}])
     run = load_run(tmp_path)
     assert run.metrics["step"].tolist() == [1, 2, 3, 4] and run.metrics["loss"].tolist() == [1, 2, 3.5, 4.5]
-    assert run.rollouts["step"].tolist() == [1, 2, 3, 4]
+    assert run.rollouts["step"].tolist() == [1, 2, 3, 4] and run.repeated_steps == {} and run.warnings == []
 
 
 def test_write_json_is_atomic(tmp_path, monkeypatch):
@@ -63,3 +63,18 @@ def test_write_json_is_atomic(tmp_path, monkeypatch):
 def test_load_run_of_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="no run folder"):
         load_run(tmp_path / "nope")
+
+
+def test_steps_recorded_twice_are_reported_never_dropped(tmp_path):
+    rec = RunRecorder(tmp_path)
+    for run in ("first", "second"):  # two runs appended to one folder, as a second run without a claim would
+        for step in (1, 2, 3):
+            rec.log_metrics(step, {"loss": float(step), "run": run})
+            rec.log_rollouts([{"step": step, "run": run}] * 2)
+    run = load_run(tmp_path)
+    assert run.metrics["step"].tolist() == [1, 2, 3, 1, 2, 3]  # every row as written
+    assert len(run.rollouts) == 12
+    assert run.repeated_steps == {"metrics.jsonl": [1, 2, 3], "rollouts.jsonl": [1, 2, 3]}
+    assert run.warnings == [
+        "metrics.jsonl: step(s) 1, 2, 3 recorded more than once (two runs in one folder?); every row is kept as written",
+        "rollouts.jsonl: step(s) 1, 2, 3 recorded more than once (two runs in one folder?); every row is kept as written"]

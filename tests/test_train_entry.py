@@ -6,6 +6,7 @@ import time
 
 import pytest
 import yaml
+from raw_records import raw_steps, rollouts_per_step
 
 from mmr1kit.launch import LaunchError, launch_command, launch_training, stream_process, write_launch_config
 from mmr1kit.runs import load_run
@@ -61,7 +62,7 @@ def test_a_group_of_32_from_4_completions_per_device(qwen_path, counting_dir, tm
                    reward_funcs=[length_reward])
     run = load_run(run_dir)
     assert run.config["generation_batch_size"] == 32 and run.config["num_generations"] == 32
-    assert run.metrics["step"].tolist() == [1]
+    assert raw_steps(run_dir) == [1] and rollouts_per_step(run_dir) == {1: 32}
     rollouts = run.rollouts
     assert len(rollouts) == 32 and rollouts["prompt_id"].nunique() == 1 and set(rollouts["group"]) == {0}
     assert abs(rollouts["advantage"].sum()) < 1e-3 and rollouts["advantage"].abs().max() > 0
@@ -110,7 +111,7 @@ def test_launch_training_with_two_processes_writes_the_run_folder(qwen_path, cou
     assert "2/2" in out.getvalue() and "run folder" in out.getvalue()  # the progress bar and the log reached `out`
     run = load_run(run_dir)
     assert (run_dir / "launch.yaml").exists() and run.config["max_steps"] == 2
-    assert run.metrics["step"].tolist() == [1, 2]
-    assert run.rollouts.groupby("step").size().to_dict() == {1: 8, 2: 8}  # 4 per process, each recorded once
+    assert raw_steps(run_dir) == [1, 2]
+    assert rollouts_per_step(run_dir) == {1: 8, 2: 8}  # 4 per process, each recorded once
     assert (run.rollouts.groupby(["step", "group"]).size() == 4).all()
     assert (run_dir / "final" / "model.safetensors").exists()

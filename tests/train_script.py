@@ -1,4 +1,4 @@
-"""`python tests/train_script.py PRESET.yaml [--field value ...]`: mmr1kit.train with a graded test reward.
+"""`python tests/train_script.py PRESET.yaml [--field value ...]`: `python -m mmr1kit.train` with a graded test reward.
 
 A random tiny model scores 0 on every task reward, which would leave nothing to compare; this length reward varies.
 With MMR1KIT_TEST_SIGKILL_AT_STEP=N the process kills itself with SIGKILL right after step N is recorded, a
@@ -11,7 +11,7 @@ import sys
 
 from transformers import TrainerCallback
 
-from mmr1kit.train import main
+from mmr1kit.train import cli
 from mmr1kit.trainer import MMR1Trainer
 
 
@@ -36,5 +36,5 @@ class Trainer(MMR1Trainer):
             self.add_callback(KillAt(int(kill_at)))  # after the run recorder: the step's records are written first
 
 
-if __name__ == "__main__":
-    main(sys.argv[1:], reward_funcs=[length_reward], trainer_cls=Trainer)
+if __name__ == "__main__":  # as `python -m mmr1kit.train`: one line on Ctrl-C with the command that resumes
+    sys.exit(cli(sys.argv[1:], prog=f"python {__file__}", reward_funcs=[length_reward], trainer_cls=Trainer))

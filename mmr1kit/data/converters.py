@@ -10,6 +10,9 @@
 | `refer`                | RefCOCO / RefCOCO+ / RefCOCOg all splits (`refer` pickles)  | grounding | `convert_refer`           |
 | `textvqa`              | TextVQA (HF parquet)                                        | ocr       | `convert_textvqa`         |
 | `coco_detection`       | COCO 2017 detection (annotation JSON + image folder)        | detection | `convert_coco_detection`  |
+| `mathvista`            | MathVista testmini (HF parquet)                             | math      | `convert_mathvista`       |
+| `mathverse`            | MathVerse testmini, one problem version (HF parquet / JSON) | math      | `convert_mathverse`       |
+| `geometry3k`           | Geometry3K, hiyouga/geometry3k (HF parquet)                 | math      | `convert_geometry3k`      |
 
 Each writes `<out_dir>/<split>.json` and `<out_dir>/images/<split>/` (see `mmr1kit.data.converters_base`), loadable
 with `mmr1kit.data.load_dataset(out_dir, split)` or through the dataset's card in `data_cards/`, whose
@@ -41,6 +44,7 @@ from mmr1kit.data.converters_counting import (
     convert_pixmo_count,
     convert_superclevr,
 )
+from mmr1kit.data.converters_math import convert_geometry3k, convert_mathverse, convert_mathvista
 from mmr1kit.data.converters_ocr import convert_textvqa
 
 __all__ = [
@@ -53,6 +57,9 @@ __all__ = [
     "convert_clevr_cogen",
     "convert_coco_detection",
     "convert_countbenchqa",
+    "convert_geometry3k",
+    "convert_mathverse",
+    "convert_mathvista",
     "convert_pixmo_count",
     "convert_refcoco",
     "convert_refer",
@@ -73,6 +80,9 @@ CONVERTERS = {
     "refer": convert_refer,
     "textvqa": convert_textvqa,
     "coco_detection": convert_coco_detection,
+    "mathvista": convert_mathvista,
+    "mathverse": convert_mathverse,
+    "geometry3k": convert_geometry3k,
 }
 
 

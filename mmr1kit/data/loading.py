@@ -13,6 +13,8 @@ decoded lazily by `datasets.Image` when TRL asks for the row.
 import hashlib
 import json
 import random
+import re
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import yaml
 from PIL import Image, UnidentifiedImageError
 
 from mmr1kit.data import templates
+from mmr1kit.data.media import check_media, to_dataset
 
 MAX_IMAGE_PIXELS = 64_000_000  # decompression-bomb guard: far above any VLM's max_pixels, far below a bomb
 ON_BAD_EXAMPLE = ("error", "skip")
@@ -59,7 +62,7 @@ def _card_files(card: Path, split: str) -> Path:
     if split not in data_files:
         raise DatasetError(card, None, "split", split, f"the card lists splits {sorted(data_files)}")
     if "generator" in spec:
-        from mmr1kit.models import cache_dir
+        from mmr1kit.models import cache_dir, cache_lock
 
         write_dataset = _generator(card, spec["generator"])
 
@@ -69,12 +72,38 @@ def _card_files(card: Path, split: str) -> Path:
         root = cache_dir() / "data" / f"{card.stem}-{key}"
         target = root / data_files[split]
         if not target.exists():
-            seed = params.pop("seed", 0) + (0 if split == "train" else 1_000_003)
-            n = sizes.get(split, 256)
-            write_dataset(params.pop("task"), root, n=n, seed=seed, split=split, **params)
+            with cache_lock(root):  # processes that start at once write it once
+                if not target.exists():
+                    seed = params.pop("seed", 0) + (0 if split == "train" else 1_000_003)
+                    n = sizes.get(split, 256)
+                    write_dataset(params.pop("task"), root, n=n, seed=seed, split=split, **params)
         return target
     root = Path(spec.get("data_dir", card.parent)).expanduser()
+    if not (root / data_files[split]).exists():
+        raise _not_downloaded(card, root, data_files, split)
     return root / data_files[split]
+
+
+def _not_downloaded(card: Path, root: Path, data_files: dict, split: str) -> DatasetError:
+    """The error for a card whose files are not there: which files, and the card's recipe for making them."""
+    missing = [str(root / f) for f in data_files.values() if not (root / f).exists()]
+    recipe = card_recipe(card)
+    where = "" if root.is_absolute() else f" (relative to {Path.cwd()})"
+    how = (f"make them with the recipe of the card (its 'Preprocessing' section):\n{textwrap.indent(recipe, '    ')}"
+           if recipe else
+           f"the card's 'Preprocessing' section says how to make them (converter: "
+           f"{(read_card(card).get('mmr1kit') or {}).get('converter', 'not named')})")
+    return DatasetError(card, None, "data_files", str(root / data_files[split]),
+                        f"split {split!r} is not downloaded; {len(missing)} of the card's {len(data_files)} files "
+                        f"are missing ({', '.join(missing)}){where}; {how}")
+
+
+def card_recipe(card) -> str | None:
+    """The first fenced code block of a data card's '## Preprocessing' section (how its files are made), if any."""
+    text = Path(card).read_text()
+    match = re.search(r"^## Preprocessing\s*$(.*?)(?=^## |\Z)", text, flags=re.MULTILINE | re.DOTALL)
+    block = re.search(r"^```[\w-]*\n(.*?)^```", match.group(1), flags=re.MULTILINE | re.DOTALL) if match else None
+    return block.group(1).rstrip() if block else None
 
 
 GENERATORS = ("mmr1kit.data.synthetic.write_dataset",)
@@ -162,7 +191,7 @@ def _check_image(value, source: Path, row: int, root: Path):
 def _check_row(row, source: Path, i: int, root: Path, seen_ids: set) -> dict:
     if not isinstance(row, dict):
         raise DatasetError(source, i, "row", row, "each row must be a JSON object")
-    for field in ("problem", "solution", "image"):
+    for field in ("problem", "solution"):
         if field not in row:
             raise DatasetError(source, i, field, None, f"missing field (row has {sorted(row)})")
     problem = row["problem"]
@@ -185,8 +214,8 @@ def _check_row(row, source: Path, i: int, root: Path, seen_ids: set) -> dict:
     if row_id in seen_ids:
         raise DatasetError(source, i, "id", row_id, "duplicate id")
     seen_ids.add(row_id)
-    image_path, width, height = _check_image(row["image"], source, i, root)
-    return {**row, "id": row_id, "solution": solution, "image": image_path, "width": width, "height": height}
+    media = check_media(row, source, i, root, _check_image)  # image, images or video (mmr1kit.data.media)
+    return {**row, "id": row_id, "solution": solution, **media}
 
 
 def load_dataset(
@@ -219,9 +248,9 @@ def load_dataset(
     Returns:
         `datasets.Dataset` with columns `prompt` (conversational messages), `image` (decoded lazily to PIL),
         `image_path`, `problem`, `solution` (answer template applied), `id`, `task`, `width`, `height` and every other
-        field of the rows. Its `bad_examples` attribute maps a reason to a list of `(file, row, message)`.
+        field of the rows; rows with several images or a video add the columns of `mmr1kit.data.media`. Its
+        `bad_examples` attribute maps a reason to a list of `(file, row, message)`.
     """
-    import datasets
 
     def pick(name, value, default):
         if value is not None:
@@ -263,14 +292,15 @@ def load_dataset(
     data["task"] = data.get("task") or [None] * len(rows)
     data["solution"] = [answer.format(answer=s) for s in data["solution"]]
     data["prompt"] = [_messages(system, question.format(question=p)) for p in data["problem"]]
-    # mode="RGB": palette, grey, CMYK, 16-bit or alpha images are converted on decode, never crash the processor
-    ds = datasets.Dataset.from_dict(data).cast_column("image", datasets.Image(mode="RGB"))
+    ds = to_dataset(data, source)  # casts image / images, structures prompts with placeholders
     ds.bad_examples = {k: [(e.file, e.row, str(e)) for e in v] for k, v in bad.items()}
     return ds
 
 
 def _reason(error: DatasetError) -> str:
     """A short, stable reason key for counting skipped rows (e.g. `missing_image`, `invalid_json`)."""
+    if getattr(error, "kind", None):  # set by mmr1kit.data.media (images / video / placeholders)
+        return error.kind
     if error.field == "json":
         return "invalid_json"
     if error.field == "image":

@@ -361,7 +361,7 @@ def undercount_labels(rows: Sequence[dict], *, threshold: int = 3, p: float = 0.
     """Labels from a deliberately biased annotator: for true counts >= `threshold`, `count - 1` with probability `p`.
 
     The demo warm-starts (SFT) on these labels so that GRPO on the true counts has a systematic error to correct
-    (`research/learning-feasibility.md`, addendum). Rows keep their true `solution`; this returns new strings.
+    (`docs/demo.md`, finding 2). Rows keep their true `solution`; this returns new strings.
     """
     rng = random.Random(f"mmr1kit:undercount:{seed}")
     out = []
@@ -379,7 +379,7 @@ def undercount_labels(rows: Sequence[dict], *, threshold: int = 3, p: float = 0.
 
 def _task_iterators() -> dict[str, Callable[..., Iterator[tuple[dict, Image.Image]]]]:
     # imported here: these modules import this module's drawing code
-    from mmr1kit.data import synthetic_math, synthetic_tasks
+    from mmr1kit.data import synthetic_math, synthetic_media, synthetic_tasks
 
     return {
         "counting": iter_counting,
@@ -387,11 +387,13 @@ def _task_iterators() -> dict[str, Callable[..., Iterator[tuple[dict, Image.Imag
         "ocr": synthetic_tasks.iter_ocr,
         "detection": synthetic_tasks.iter_detection,
         "math": synthetic_math.iter_math,
+        "counting_multi": synthetic_media.iter_counting_multi,  # several images per row
+        "frame_change": synthetic_media.iter_frame_change,  # a video (frame list) per row
     }
 
 
 def _iterator(task: str):
-    check_choice("task", task, TASKS)
+    check_choice("task", task, tuple(_task_iterators()))
     return _task_iterators()[task]
 
 
@@ -414,7 +416,7 @@ def generate_rows(
     """Yield `n` `(row, image)` pairs of `task` without writing anything.
 
     Args:
-        task: one of `TASKS`.
+        task: one of `TASKS`, or a task of several images / a video (`synthetic_media.MEDIA_TASKS`).
         n: number of rows.
         seed: dataset seed; each row has its own RNG derived from `(task, seed, index)`.
         split: only used for the row's relative `image` path (`images/<split>/<id>.png`).
@@ -422,7 +424,8 @@ def generate_rows(
         **task_kwargs: task parameters, see `task_defaults(task)`; unknown names raise a TypeError.
 
     Returns:
-        An iterator of `(row, PIL.Image)`; rows are exactly what `write_dataset` stores. The arguments above are
+        An iterator of `(row, PIL.Image)` (`(row, {"images" | "video": [PIL, ...]})` for the media tasks); rows are
+        exactly what `write_dataset` stores. The arguments above are
         checked at once; task parameters are checked when the first row is drawn.
     """
     iterator = _iterator(task)
@@ -438,10 +441,16 @@ def generate_rows(
 
 
 def _rows(task, examples, n, split, width, height) -> Iterator[tuple[dict, Image.Image]]:
+    from mmr1kit.data.synthetic_media import media_paths
+
     digits = max(6, len(str(max(n - 1, 0))))
     for i, (fields, image) in enumerate(examples):
         row_id = f"{i:0{digits}d}"
-        row = {"id": row_id, "task": task, "image": f"images/{split}/{row_id}.png"}
+        if isinstance(image, dict):  # {"images": [...]} or {"video": [...]}: one PNG per image / frame
+            field, paths = media_paths(row_id, split, image)
+            row = {"id": row_id, "task": task, field: paths}
+        else:
+            row = {"id": row_id, "task": task, "image": f"images/{split}/{row_id}.png"}
         row.update(fields)
         row.update(image_width=width, image_height=height)
         yield row, image
@@ -472,7 +481,11 @@ def write_dataset(
     for row, image in generate_rows(task, n, seed, split=split, image_size=image_size, **task_kwargs):
         if not rows:  # created only once the parameters have produced a row
             (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
-        image.save(out_dir / row["image"], format="PNG")
+        if isinstance(image, dict):
+            for path, frame in zip(row.get("images") or row["video"], next(iter(image.values()))):
+                frame.save(out_dir / path, format="PNG")
+        else:
+            image.save(out_dir / row["image"], format="PNG")
         rows.append(row)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"{split}.json"

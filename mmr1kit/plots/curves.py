@@ -1,9 +1,10 @@
-"""Metric curves of training runs: rewards, KL estimators, entropy, temperature, lengths and step timing.
+"""Metric curves of training runs: any logged metric per step, and the rewards with their std bands.
 
 Runs are given as one data frame (from `metrics.jsonl`, with a `step` column or a `step` index) or as a dict
 `{label: data_frame}`; several runs are overlaid, one colour per run, and the labels form the legend. Metrics that a
 run did not log, or logged only at some steps (NaN elsewhere), are handled: missing points are skipped and a panel
-whose metric no run logged says "not logged".
+whose metric no run logged says "not logged". Titles, axis labels and units come from `mmr1kit.plots.labels`;
+schedules and timings are never smoothed.
 """
 
 from __future__ import annotations
@@ -16,20 +17,14 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
-from mmr1kit.plots.figure import _finish, _grid, _legend, _not_logged
+from mmr1kit.plots.figure import _finish, _grid, _not_logged
+from mmr1kit.plots.labels import STEP_LABEL, metric_info
 
-KL_KEYS = ("kl/k1", "kl/k2", "kl/k3", "kl/exact", "kl")
-_KL_STYLE = {
-    "kl/k1": {"color": "C0", "lw": 1.2},
-    "kl/k2": {"color": "C1", "lw": 1.2},
-    "kl/k3": {"color": "C2", "lw": 1.2},
-    "kl/exact": {"color": "black", "lw": 2.0},
-    "kl": {"color": "0.45", "lw": 1.0, "ls": "--"},
-}
-TIMING_ORDER = ("timing/generate", "timing/score", "timing/ref", "timing/policy", "timing/record")
-TIMING_PARTS = ("timing/generate_wasted",)  # a part of another phase (timing/generate), never stacked on top of it
-
+BAND_LABEL = "±1 std over the step's completions"
 
 def smooth(series, window: int) -> pd.Series:
     """Trailing rolling mean over the last `window` finite values, NaN-aware.
@@ -71,7 +66,7 @@ def _as_runs(runs) -> dict[str | None, pd.DataFrame]:
         for label, df in runs.items():
             if not isinstance(df, pd.DataFrame):
                 raise TypeError(f"runs[{label!r}] is a {type(df).__name__}, expected a pandas DataFrame")
-        return {str(label): df for label, df in runs.items()}
+        return {None if label is None else str(label): df for label, df in runs.items()}
     raise TypeError(f"runs must be a DataFrame or a dict {{label: DataFrame}}, got {type(runs).__name__}")
 
 
@@ -111,15 +106,40 @@ def _line(ax, x, y, *, smooth_window=0, show_raw=True, label=None, **style):
     return ax.plot(x, y, label=label, **style)[0]
 
 
-def _run_lines(runs: Mapping, panels, *, smooth_window: int, show_raw: bool) -> None:
-    """For each run (colour `C<i>`) and each `(key, linestyle, axes)` of `panels`: the key's line, when logged."""
-    for i, (label, df) in enumerate(runs.items()):
-        name = "" if label is None else f"{label}: "
-        for key, ls, target in panels:
-            x, y = _xy(df, key, label)
-            if x.size:
-                _line(target, x, y, smooth_window=smooth_window, show_raw=show_raw, label=f"{name}{key}",
-                      color=f"C{i % 10}", ls=ls)
+def _step_axis(ax) -> None:
+    """x axis: optimizer steps, whole numbers only."""
+    ax.set_xlabel(STEP_LABEL)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _label_panel(ax, key: str) -> None:
+    info = metric_info(key)
+    ax.set_title(info.title, fontsize="medium")
+    ax.set_ylabel(info.ylabel)
+
+
+def _style_handles(smoothed: int, show_raw: bool, band: bool) -> list:
+    """Legend entries that explain the drawing: the smoothed line, the faint raw one, the std band."""
+    handles = []
+    if smoothed and smoothed > 1:
+        handles.append(Line2D([], [], color="0.25", lw=1.5, label=f"mean of the last {smoothed} logged steps"))
+        if show_raw:
+            handles.append(Line2D([], [], color="0.25", alpha=0.3, lw=0.8, label="raw values"))
+    if band:
+        handles.append(Patch(color="0.25", alpha=0.15, lw=0, label=BAND_LABEL))
+    return handles
+
+
+def _figure_legend(axes, *, smoothed: int = 0, show_raw: bool = True, band: bool = False, **kw) -> None:
+    """One legend, on the first panel with data: the runs' labels (when labelled), then what the styles mean."""
+    for ax in axes:
+        lines = [h for h in ax.get_lines() if not str(h.get_label()).startswith("_")]
+        if not ax.get_lines():
+            continue
+        handles = lines + _style_handles(smoothed, show_raw, band)
+        if handles:
+            ax.legend(handles=handles, fontsize="small", **kw)
+        return
 
 
 def _expand_keys(keys, runs: Mapping) -> list[str]:
@@ -138,6 +158,10 @@ def _expand_keys(keys, runs: Mapping) -> list[str]:
 def plot_metrics(runs, keys, *, smooth_window: int = 0, title=None, ncols: int = 3, show_raw: bool = True) -> Figure:
     """One panel per metric, step on the x axis, runs overlaid.
 
+    Each panel is titled and labelled from `mmr1kit.plots.labels.metric_info` (readable title, y label with its
+    unit). Schedules and timings (`learning_rate`, `temperature`, `step_time`, `timing/*`, ...) are drawn as logged
+    whatever `smooth_window` says.
+
     Args:
         runs (`pd.DataFrame` or `dict[str, pd.DataFrame]`):
             One run's metrics (a `step` column or index plus one column per metric) or `{label: metrics}`.
@@ -155,39 +179,57 @@ def plot_metrics(runs, keys, *, smooth_window: int = 0, title=None, ncols: int =
 
     Returns:
         `Figure` with one axes per key. Per run and key: one line, or two (raw, smoothed) when smoothing with
-        `show_raw`.
+        `show_raw`. The legend (first panel with data) names the runs and, when smoothing, the two line styles.
     """
     runs = _as_runs(runs)
     keys = _expand_keys(keys, runs)
     if not keys:
         raise ValueError("plot_metrics: keys is empty")
     fig, axes = _grid(len(keys), ncols)
+    smoothed = 0
     for ax, key in zip(axes, keys):
-        ax.set_title(key, fontsize="medium")
+        _label_panel(ax, key)
         if not _has(runs, key):
             _not_logged(ax)
             continue
+        info = metric_info(key)
+        window = smooth_window if info.smooth else 0
+        smoothed = max(smoothed, window or 0)
         for i, (label, df) in enumerate(runs.items()):
             x, y = _xy(df, key, label)
             if x.size:
-                _line(ax, x, y, smooth_window=smooth_window, show_raw=show_raw, label=label, color=f"C{i % 10}")
-        ax.set_xlabel("step")
-    if len(runs) > 1 or next(iter(runs)) is not None:
-        for ax in axes:
-            if ax.get_lines():
-                _legend(ax)
-                break
+                _line(ax, x, y, smooth_window=window, show_raw=show_raw, label=label, color=f"C{i % 10}")
+        _step_axis(ax)
+        if info.bounds is not None:  # a fraction's axis does not run below 0 or above 1
+            low, high = ax.get_ylim()
+            margin = 0.02 * (info.bounds[1] - info.bounds[0])
+            ax.set_ylim(max(low, info.bounds[0] - margin), min(high, info.bounds[1] + margin))
+    _figure_legend(axes, smoothed=smoothed, show_raw=show_raw)
     return _finish(fig, title)
 
 
+def _reward_bounds(key: str, bounds: Mapping | None) -> tuple[float, float] | None:
+    """The range of a reward metric: `bounds[key]`, else the documented range of a known reward function."""
+    if bounds and key in bounds:
+        return tuple(bounds[key])
+    match = re.fullmatch(r"rewards/(.+)/mean", key)
+    if match:
+        from mmr1kit.rewards import ALIASES, REWARD_RANGES
+
+        return REWARD_RANGES.get(ALIASES.get(match.group(1), match.group(1)))
+    return None
+
+
 def plot_rewards(
-    runs, *, smooth_window: int = 0, title=None, ncols: int = 3, show_raw: bool = True, show_std: bool = True
+    runs, *, smooth_window: int = 0, title=None, ncols: int = 3, show_raw: bool = True, show_std: bool = True,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
 ) -> Figure:
-    """Total reward and every reward function's mean, one panel each, with a ±std band.
+    """Total reward and every reward function's mean, one panel each, with a ±std band clipped to the reward's range.
 
     Reads `reward` (band from `reward_std`) and every `rewards/<func>/mean` column (band from `rewards/<func>/std`).
     In TRL 1.16 both stds are taken over all completions of the step, not within groups. With smoothing, the band
-    is drawn around the smoothed mean with the smoothed std.
+    is drawn around the smoothed mean with the smoothed std. A reward lies in a known range (e.g. [0, 1] for
+    `accuracy`), so mean ± std is clipped to it and the y axis shows the whole range.
 
     Args:
         runs (`pd.DataFrame` or `dict[str, pd.DataFrame]`):
@@ -196,6 +238,10 @@ def plot_rewards(
             As in [`plot_metrics`].
         show_std (`bool`, defaults to `True`):
             Shade mean ± std where the std column is logged.
+        bounds (`Mapping[str, tuple[float, float]]`, *optional*):
+            The range of each metric key, e.g. `mmr1kit.plots.reward_bounds(run.config)` (which also knows the
+            total's range from the weights). Without it, each function in `mmr1kit.rewards.REWARD_RANGES` gets its
+            documented range and the total none (its range depends on the weights).
 
     Returns:
         `Figure` with one axes for `reward` and one per reward function.
@@ -205,12 +251,15 @@ def plot_rewards(
     fig = plot_metrics(
         runs, ["reward", *funcs], smooth_window=smooth_window, title=title, ncols=ncols, show_raw=show_raw
     )
-    if not show_std:
-        return fig
+    band = False
     for ax, key in zip(fig.axes, ["reward", *funcs]):
+        limits = _reward_bounds(key, bounds)
+        if limits is not None and ax.get_lines():
+            margin = 0.05 * (limits[1] - limits[0])
+            ax.set_ylim(limits[0] - margin, limits[1] + margin)
         std_key = "reward_std" if key == "reward" else key[: -len("mean")] + "std"
         for i, (label, df) in enumerate(runs.items()):
-            if key not in df.columns or std_key not in df.columns:
+            if not show_std or key not in df.columns or std_key not in df.columns:
                 continue
             x = _steps(df, label)
             m = pd.to_numeric(df[key], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
@@ -222,180 +271,13 @@ def plot_rewards(
             x, m, s = x[ok][order], m[ok][order], s[ok][order]
             if smooth_window and smooth_window > 1:
                 m, s = smooth(m, smooth_window).to_numpy(), smooth(s, smooth_window).to_numpy()
-            ax.fill_between(x, m - s, m + s, color=f"C{i % 10}", alpha=0.15, lw=0, label="_std")
+            low, high = m - s, m + s
+            if limits is not None:
+                low, high = np.clip(low, *limits), np.clip(high, *limits)
+            ax.fill_between(x, low, high, color=f"C{i % 10}", alpha=0.15, lw=0, label="_std")
+            band = True
+    for ax in fig.axes:
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    _figure_legend(fig.axes, smoothed=smooth_window, show_raw=show_raw, band=band)
     return fig
-
-
-def plot_kl(runs, *, smooth_window: int = 0, title=None, show_raw: bool = True, ncols: int = 2) -> Figure:
-    """KL estimators k1, k2, k3 and the exact KL on one axes per run, to see each estimator's bias and noise.
-
-    Reads `kl/k1`, `kl/k2`, `kl/k3`, `kl/exact` (thick black) and `kl` (the value TRL logs, dashed grey) where
-    logged. Colours mean the same estimator in every panel.
-
-    Args:
-        runs (`pd.DataFrame` or `dict[str, pd.DataFrame]`):
-            As in [`plot_metrics`]; one panel per run, titled with its label.
-        smooth_window, title, show_raw, ncols:
-            As in [`plot_metrics`].
-
-    Returns:
-        `Figure` with one axes per run and one line per logged estimator (two when smoothing with `show_raw`).
-    """
-    runs = _as_runs(runs)
-    fig, axes = _grid(len(runs), ncols, panel=(5.0, 3.4))
-    for ax, (label, df) in zip(axes, runs.items()):
-        ax.set_title("KL" if label is None else f"KL — {label}", fontsize="medium")
-        drawn = False
-        for key in KL_KEYS:
-            x, y = _xy(df, key, label)
-            if x.size:
-                _line(ax, x, y, smooth_window=smooth_window, show_raw=show_raw, label=key, **_KL_STYLE[key])
-                drawn = True
-        if not drawn:
-            _not_logged(ax)
-            continue
-        ax.set_xlabel("step")
-        _legend(ax)
-    return _finish(fig, title)
-
-
-def plot_entropy(runs, *, smooth_window: int = 0, title=None, show_raw: bool = True) -> Figure:
-    """Policy entropy against the reference model's, and their difference on a second panel.
-
-    Left panel: `entropy` (solid) and `entropy/ref` (dashed), same colour per run. Right panel:
-    `entropy/ref_delta` with a dotted zero line.
-
-    Args:
-        runs (`pd.DataFrame` or `dict[str, pd.DataFrame]`):
-            As in [`plot_metrics`].
-        smooth_window, title, show_raw:
-            As in [`plot_metrics`].
-
-    Returns:
-        `Figure` with two axes.
-    """
-    runs = _as_runs(runs)
-    fig, (ax, ax_delta) = _grid(2, 2)
-    ax.set_title("entropy (solid) vs entropy/ref (dashed)", fontsize="medium")
-    ax_delta.set_title("entropy/ref_delta", fontsize="medium")
-    _run_lines(runs, (("entropy", "-", ax), ("entropy/ref", "--", ax), ("entropy/ref_delta", "-", ax_delta)),
-               smooth_window=smooth_window, show_raw=show_raw)
-    for a in (ax, ax_delta):
-        if a.get_lines():
-            a.set_xlabel("step")
-            _legend(a)
-        else:
-            _not_logged(a)
-    if ax_delta.get_lines():
-        ax_delta.axhline(0.0, color="0.5", lw=0.8, ls=":", label="_zero")
-    return _finish(fig, title)
-
-
-def plot_temperature(runs, *, title=None) -> Figure:
-    """Sampling temperature per step (`temperature`), one line per run.
-
-    Returns:
-        `Figure` with one axes.
-    """
-    runs = _as_runs(runs)
-    fig, (ax,) = _grid(1, 1, panel=(5.5, 3.2))
-    ax.set_title("temperature", fontsize="medium")
-    for i, (label, df) in enumerate(runs.items()):
-        x, y = _xy(df, "temperature", label)
-        if x.size:
-            ax.plot(x, y, color=f"C{i % 10}", label="_nolegend_" if label is None else label)
-    if ax.get_lines():
-        ax.set_xlabel("step")
-        if len(runs) > 1 or label is not None:
-            _legend(ax)
-    else:
-        _not_logged(ax)
-    return _finish(fig, title)
-
-
-def plot_lengths(runs, *, smooth_window: int = 0, title=None, show_raw: bool = True) -> Figure:
-    """Mean completion length (left axis, solid) and the clipped ratio (right axis, dashed), per run.
-
-    Reads `completions/mean_length` and `completions/clipped_ratio` (the fraction of completions cut at
-    `max_completion_length`).
-
-    Returns:
-        `Figure` with two axes (the second is the twin y axis).
-    """
-    runs = _as_runs(runs)
-    fig, (ax,) = _grid(1, 1, panel=(6.0, 3.4))
-    twin = ax.twinx()
-    ax.set_title("completion length", fontsize="medium")
-    ax.set_ylabel("completions/mean_length")
-    twin.set_ylabel("completions/clipped_ratio (dashed)")
-    _run_lines(runs, (("completions/mean_length", "-", ax), ("completions/clipped_ratio", "--", twin)),
-               smooth_window=smooth_window, show_raw=show_raw)
-    handles = [h for a in (ax, twin) for h in a.get_lines() if not h.get_label().startswith("_")]
-    if handles:
-        ax.set_xlabel("step")
-        ax.legend(handles=handles, fontsize="small")
-        if not twin.get_lines():
-            twin.set_yticks([])
-    else:
-        _not_logged(ax)
-        twin.set_yticks([])
-    return _finish(fig, title)
-
-
-def plot_timing(df, *, kind: str = "area", normalize: bool = False, title=None, ncols: int = 2) -> Figure:
-    """Where each step's time goes: the `timing/*` columns stacked, with `step_time` as a black line.
-
-    Columns are stacked in pipeline order (`timing/generate`, `timing/score`, `timing/ref`, `timing/policy`,
-    `timing/record`, then any other `timing/*` but the parts of a phase, `TIMING_PARTS`); a phase missing at a step
-    counts as 0 there, and steps with no timing at all are left out. The gap between the stack and `step_time` is time no phase accounts for.
-
-    Args:
-        df (`pd.DataFrame` or `dict[str, pd.DataFrame]`):
-            One run's metrics, or `{label: metrics}` for one panel per run.
-        kind (`str`, defaults to `"area"`):
-            `"area"` (stackplot) or `"bar"` (one stacked bar per step).
-        normalize (`bool`, defaults to `False`):
-            Plot each phase's fraction of the stacked total instead of seconds (`step_time` is then not drawn).
-        title, ncols:
-            As in [`plot_metrics`].
-
-    Returns:
-        `Figure` with one axes per run.
-    """
-    if kind not in ("area", "bar"):
-        raise ValueError(f"plot_timing: kind must be 'area' or 'bar', got {kind!r}")
-    runs = _as_runs(df)
-    fig, axes = _grid(len(runs), ncols, panel=(6.0, 3.4))
-    for ax, (label, run) in zip(axes, runs.items()):
-        ax.set_title("timing" if label is None else f"timing — {label}", fontsize="medium")
-        cols = [c for c in TIMING_ORDER if c in run.columns]
-        cols += sorted(c for c in map(str, run.columns)
-                       if c.startswith("timing/") and c not in cols and c not in TIMING_PARTS)
-        x = _steps(run, label)
-        t = run[cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float, na_value=np.nan) if cols else None
-        keep = np.isfinite(x) & (np.isfinite(t).any(axis=1) if cols else False)
-        if not keep.any():
-            _not_logged(ax)
-            continue
-        order = np.argsort(x[keep], kind="stable")
-        x, t = x[keep][order], np.nan_to_num(t[keep][order], nan=0.0, posinf=0.0, neginf=0.0)
-        if normalize:
-            total = t.sum(axis=1, keepdims=True)
-            t = np.divide(t, total, out=np.zeros_like(t), where=total > 0)
-        names = [c.removeprefix("timing/") for c in cols]
-        if kind == "area":
-            ax.stackplot(x, t.T, labels=names, alpha=0.85)
-        else:
-            width = 0.8 * (np.min(np.diff(np.unique(x))) if np.unique(x).size > 1 else 1.0)
-            bottom = np.zeros(len(x))
-            for j, name in enumerate(names):
-                ax.bar(x, t[:, j], width=width, bottom=bottom, label=name, color=f"C{j % 10}")
-                bottom += t[:, j]
-        if not normalize and "step_time" in run.columns:
-            sx, sy = _xy(run, "step_time", label)
-            if sx.size:
-                ax.plot(sx, sy, color="black", lw=1.2, label="step_time")
-        ax.set_xlabel("step")
-        ax.set_ylabel("fraction of step" if normalize else "seconds")
-        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _finish(fig, title)

@@ -6,7 +6,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from mmr1kit.plots.figure import _Figure, _finish, _fmt_group, _is_number, _not_logged
+from mmr1kit.plots.figure import _finish, _Figure, _fmt_group, _is_number, _not_logged
+from mmr1kit.plots.labels import metric_info
+
+GROUP_LABELS = {"count": "true count", "label": "class", "task": "task", "difficulty": "difficulty"}
 
 
 def plot_accuracy_by_group(
@@ -80,14 +83,18 @@ def plot_accuracy_by_group(
                     color="0.5",
                 )
     ax.set_xticks(centers, [_fmt_group(g) for g in groups])
-    ax.set_xlabel(group)
-    ax.set_ylabel("accuracy")
+    ax.set_xlabel(GROUP_LABELS.get(group, group.replace("_", " ")))
+    ax.set_ylabel("accuracy (fraction correct)")
     ax.set_ylim(0, 1.15)
+    ax.set_yticks(np.linspace(0, 1, 6))
     if labels:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:
         _not_logged(ax, "no rows")
-    return _finish(fig, title)
+    if title is None:
+        title = f"Accuracy by {GROUP_LABELS.get(group, group.replace('_', ' '))}"
+    ax.set_title(title, fontsize="medium")
+    return fig
 
 
 def plot_sweep(
@@ -123,11 +130,13 @@ def plot_sweep(
     df = df[np.isfinite(df["_y"].to_numpy(dtype=float, na_value=np.nan)) & df[param].notna()]
     fig = _Figure(figsize=(5.5, 3.6), layout="constrained")
     ax = fig.subplots()
-    ax.set_xlabel(param)
-    ax.set_ylabel(metric)
+    info = metric_info(metric)
+    ax.set_xlabel(param)  # the config field that was swept, as the researcher set it
+    ax.set_ylabel(info.ylabel)
+    ax.set_title(title or f"{info.title} by {param}", fontsize="medium")
     if df.empty:
         _not_logged(ax, f"no finite {metric}")
-        return _finish(fig, title)
+        return fig
     numeric = all(_is_number(v) and not isinstance(v, (str, bool)) for v in df[param])
     values = sorted(df[param].unique(), key=float) if numeric else list(dict.fromkeys(df[param]))
     pos = {v: (float(v) if numeric else float(i)) for i, v in enumerate(values)}
@@ -163,4 +172,85 @@ def plot_sweep(
     if not numeric:
         ax.set_xticks([pos[v] for v in values], [str(v) for v in values])
     ax.legend(fontsize="small")
+    return fig
+
+
+def _row_label(key) -> str:
+    return " · ".join(map(str, key)) if isinstance(key, tuple) else str(key)
+
+
+def plot_outcomes(table: pd.DataFrame, *, title=None) -> Figure:
+    """Correct / wrong / no answer as stacked horizontal bars, one bar per row of `table`, with the accuracy's
+    interval as an error bar at the end of the correct segment.
+
+    Args:
+        table (`pd.DataFrame`):
+            `mmr1kit.evaluate_stats.outcome_table` output: index = model (or `(model, prompt)`), columns `n`,
+            `correct`, `wrong`, `no_answer`, `accuracy`, `accuracy_low`, `accuracy_high`.
+
+    Returns:
+        `Figure` with one axes; `ax.containers` holds the three `BarContainer`s (correct, wrong, no answer) and the
+        error bar.
+    """
+    missing = [c for c in ("n", "correct", "wrong", "no_answer", "accuracy_low", "accuracy_high") if c not in table]
+    if missing:
+        raise ValueError(f"plot_outcomes: table has no column(s) {missing}; expected an outcome_table")
+    labels = [_row_label(k) for k in table.index][::-1]  # first row on top
+    rows = table.iloc[::-1]
+    n = rows["n"].to_numpy(dtype=float)
+    fig = _Figure(figsize=(7.5, 1.0 + 0.45 * max(len(rows), 1)), layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(len(rows), dtype=float)
+    left = np.zeros(len(rows))
+    for column, color, name in (("correct", "tab:green", "correct"), ("wrong", "tab:red", "wrong answer"),
+                                ("no_answer", "0.7", "no answer found")):
+        share = rows[column].to_numpy(dtype=float) / np.maximum(n, 1)
+        ax.barh(y, share, left=left, color=color, height=0.6, label=name)
+        left += share
+    acc = rows["correct"].to_numpy(dtype=float) / np.maximum(n, 1)
+    err = np.vstack([acc - rows["accuracy_low"].to_numpy(dtype=float), rows["accuracy_high"].to_numpy(dtype=float) - acc])
+    ax.errorbar(acc, y, xerr=np.clip(err, 0, None), fmt="none", ecolor="black", capsize=3, lw=1,
+                label="accuracy, 95% interval")
+    for yi, a, lo, hi, k in zip(y, acc, rows["accuracy_low"], rows["accuracy_high"], n):
+        ax.text(1.01, yi, f"{a:.1%} [{lo:.1%}, {hi:.1%}] n={int(k)}", va="center", fontsize=7,
+                transform=ax.get_yaxis_transform())
+    ax.set_yticks(y, labels)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of examples")
+    ax.legend(fontsize="small", loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=4, frameon=False)
+    return _finish(fig, title)
+
+
+def plot_paired_differences(comparisons, *, title=None) -> Figure:
+    """Accuracy differences of paired comparisons with their intervals (a forest plot), McNemar's p beside each.
+
+    Args:
+        comparisons: `mmr1kit.evaluate_stats.comparison_table` output (columns `a`, `b`, `difference`, `low`,
+            `high`, `p_value`) or a list of `PairedComparison`.
+
+    Returns:
+        `Figure` with one axes: one error bar per comparison (blue when p < 0.05, grey otherwise) and a line at 0.
+    """
+    if not isinstance(comparisons, pd.DataFrame):
+        from dataclasses import asdict
+
+        comparisons = pd.DataFrame([asdict(c) for c in comparisons])
+    missing = [c for c in ("a", "b", "difference", "low", "high", "p_value") if c not in comparisons]
+    if missing:
+        raise ValueError(f"plot_paired_differences: comparisons have no column(s) {missing}")
+    rows = comparisons.iloc[::-1].reset_index(drop=True)
+    fig = _Figure(figsize=(7.0, 1.0 + 0.45 * max(len(rows), 1)), layout="constrained")
+    ax = fig.subplots()
+    ax.axvline(0, color="0.5", lw=1, ls="--")
+    for i, r in rows.iterrows():
+        color = "tab:blue" if r["p_value"] < 0.05 else "0.5"
+        d, lo, hi = 100 * r["difference"], 100 * r["low"], 100 * r["high"]
+        ax.errorbar([d], [i], xerr=[[d - lo], [hi - d]], fmt="o", color=color, capsize=3)
+        ax.text(1.01, i, f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}], p={r['p_value']:.2g}", va="center", fontsize=7,
+                transform=ax.get_yaxis_transform())
+    ax.set_yticks(range(len(rows)), [f"{r['b']} vs {r['a']}" for _, r in rows.iterrows()])
+    ax.set_ylim(-0.6, max(len(rows), 1) - 0.4)
+    ax.set_xlabel("accuracy difference, points (95% paired bootstrap interval)")
+    if rows.empty:
+        _not_logged(ax, "no comparison")
     return _finish(fig, title)

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from mmr1kit.plots.figure import _fmt_group, _grid, _is_number, _not_logged
+from mmr1kit.plots.media import row_picture
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
@@ -61,12 +62,39 @@ def _load_image(value, image_root):
         return None, f"cannot open {path.name}: {type(err).__name__}"
 
 
+def printable(text: str) -> str:
+    """`text` with control characters other than newline and tab written as `\\xNN` (a random policy emits them)."""
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else f"\\x{ord(ch):02x}" for ch in str(text))
+
+
 def _shorten(text: str, max_chars: int) -> str:
     """Cut the middle out of `text` so that the answer at its end stays visible."""
     if len(text) <= max_chars:
         return text
     tail = min(max(max_chars // 3, 1), 48)
     return text[: max(max_chars - tail - 1, 0)] + "…" + text[-tail:]
+
+
+def _answer_text(value, max_chars: int = 28) -> str | None:
+    """The answer in `value`: inside `<answer>...</answer>` when tagged, else the whole text; whitespace collapsed."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = printable(value)
+    found = _ANSWER.search(text)
+    return _shorten(" ".join((found.group(1) if found else text).split()), max_chars)
+
+
+def _truth_line(row: pd.Series) -> str | None:
+    """`truth X · answer Y` for a row with a `solution`: the answer from `answer`, else from the completion."""
+    truth = _answer_text(row.get("solution")) if "solution" in row.index else None
+    if truth is None:
+        return None
+    if "answer" in row.index and _answer_text(row["answer"]) is not None:
+        answer = _answer_text(row["answer"])
+    else:
+        completion = str(row.get("completion", "") or "")
+        answer = _answer_text(completion) if _ANSWER.search(completion) else "(no <answer>)"
+    return f"truth {truth} · answer {answer}"
 
 
 def _fmt_value(v, signed=False) -> str:
@@ -90,7 +118,9 @@ def rollout_gallery(
     """A grid of rollout images, each titled with its completion and labelled with its rewards and advantage.
 
     The title is the completion with whitespace collapsed, cut to `max_chars` characters by removing its middle
-    (so the final answer stays visible) and wrapped to `wrap` characters, in monospace (no mathtext, so `$` is shown as is). Below each image: `step`, `prompt_id` and
+    (so the final answer stays visible) and wrapped to `wrap` characters, in monospace (no mathtext, so `$` is shown
+    as is). Below each image: the ground truth next to the prediction (`truth 3 · answer 2`, from `solution` and from
+    `answer` or the completion's `<answer>` tags; rows without `solution` skip it), then `step`, `prompt_id` and
     `group` when present, the rewards, `advantage`, and `length` / `truncated`. Boxes: a `gt_box` and a `pred_box`
     column (lists `[x1, y1, x2, y2]`) are used when present; otherwise the ground truth is parsed from `solution`
     and the prediction from `completion` (inside `<answer>...</answer>` first) with the rewards' box parser
@@ -98,9 +128,10 @@ def rollout_gallery(
 
     Args:
         rows (`pd.DataFrame`, list of dicts or `pd.Series`):
-            Rollouts: `image` (path, PIL image, or `{"bytes", "path"}`), `completion`, `reward`, `advantage`,
-            `rewards/<func>`, optionally `step`, `prompt_id`, `group`, `solution`, `length`, `truncated`,
-            `gt_box`, `pred_box`.
+            Rollouts: `image` (path, PIL image, or `{"bytes", "path"}`), or `images` (a multi-image row's paths:
+            all shown side by side) or `video` (frame paths or a file: key frames side by side; see
+            `mmr1kit.plots.media`), `completion`, `reward`, `advantage`, `rewards/<func>`, optionally `step`,
+            `prompt_id`, `group`, `solution`, `answer`, `length`, `truncated`, `gt_box`, `pred_box`.
         image_root (`str` or `Path`, *optional*):
             Folder that relative `image` paths are relative to (default: the working directory). An image that
             cannot be opened leaves a panel that says why.
@@ -136,7 +167,7 @@ def rollout_gallery(
         _not_logged(axes[0], "no rollouts")
         return fig
     for ax, (_, row) in zip(axes, rows.iterrows()):
-        image, problem = _load_image(row.get("image"), image_root)
+        image, count, problem = row_picture(row, image_root)  # several images / key frames: side by side
         if image is not None:
             ax.imshow(np.asarray(image))
         else:
@@ -154,7 +185,7 @@ def rollout_gallery(
             )
         ax.set_xticks([])
         ax.set_yticks([])
-        completion = _shorten(" ".join(str(row.get("completion", "") or "").split()), max_chars)
+        completion = _shorten(" ".join(printable(row.get("completion", "") or "").split()), max_chars)
         title = textwrap.fill(completion, width=wrap, break_on_hyphens=False) if completion else "(empty completion)"
         ax.set_title(title, fontsize=7, fontfamily="monospace", loc="left", parse_math=False)
         head = [
@@ -165,10 +196,12 @@ def rollout_gallery(
             vals.append(f"len={_fmt_group(row['length'])}")
         if "truncated" in row.index and pd.notna(row["truncated"]) and bool(row["truncated"]):
             vals.append("TRUNCATED")
-        lines = [" · ".join(head)] if head else []
+        truth = _truth_line(row)
+        lines = textwrap.wrap(truth, width=wrap + 6) if truth else []
+        lines += [" · ".join(head)] if head else []
         lines += textwrap.wrap("  ".join(vals), width=wrap + 6)
         ax.set_xlabel("\n".join(lines), fontsize=7, fontfamily="monospace", parse_math=False)
-        if draw_boxes:
+        if draw_boxes and count == 1:
             _draw_boxes(ax, row, image, box_format)
     return fig
 
