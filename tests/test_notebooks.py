@@ -166,7 +166,8 @@ def test_notebooks_chain_with_their_defaults(smoke_project):
     assert (root / written["02_inspect_rollouts"]["run"]).resolve() == run_dir
     [curves] = written["03_training_curves"]["runs"].values()
     assert (root / curves["path"]).resolve() == run_dir and curves["steps"] == 4
-    assert len(written["03_training_curves"]["figures"]) == 9
+    figures = written["03_training_curves"]["figures"]
+    assert len(figures) == 10 and f"ledger_{run_dir.name}.png" in figures  # 9 curve figures and the run's ledger
     assert written["05_compare_runs"]["runs"] == 1
     assert not (run_dir / "inspect_rollouts.json").exists()  # the run inspected is only read
 
