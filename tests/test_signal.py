@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tracker_records import tensorboard_texts
 
 from mmr1kit.advantages import group_advantages
+from mmr1kit.capsules import read_capsule
 from mmr1kit.config import MMR1Config
 from mmr1kit.runs import read_jsonl
 from mmr1kit.signal import (
@@ -165,7 +167,8 @@ def test_only_groups_with_signal_train(mode, qwen_path, counting_dir, tmp_path):
     config = MMR1Config.from_dict(dict(
         run_dir=str(run), dataset=str(counting_dir), max_steps=2, learning_rate=1e-2, per_device_train_batch_size=8,
         num_generations=4, max_completion_length=8, save_strategy="no", beta=0.04, dynamic_sampling=mode,
-        max_tries=8, seed=1))
+        max_tries=8, seed=1, capsule_every=1, report_to="tensorboard", tracker_rollouts_every=1,
+        tracker_rollouts_max_rows=100))
     cls = _trainer_class()
     trainer = cls(model=str(qwen_path), reward_funcs=[parity_reward], args=config,
                   train_dataset=load_dataset(counting_dir, "train", config))
@@ -174,6 +177,7 @@ def test_only_groups_with_signal_train(mode, qwen_path, counting_dir, tmp_path):
     rollouts, _ = read_jsonl(run / "rollouts.jsonl")  # the raw records
     metrics, _ = read_jsonl(run / "metrics.jsonl")
     ledger, _ = read_jsonl(run / "prompts.jsonl")
+    tables = tensorboard_texts(run / "tensorboard", "rollouts")  # the trackers' rollout table, as TensorBoard holds it
     assert len(metrics) == 2 and len(ledger) == len(rollouts) // 4
     for step, row in enumerate(metrics, start=1):
         rows = [r for r in rollouts if r["step"] == step]
@@ -190,6 +194,9 @@ def test_only_groups_with_signal_train(mode, qwen_path, counting_dir, tmp_path):
             expected = group_advantages(torch.tensor([r["rewards/parity_reward"] for r in rs]), 4)
             assert [r["advantage"] for r in rs] == pytest.approx(expected.tolist(), abs=1e-5)
         tries = Counter(r["try"] for r in rows)
+        table = tables[step].split("\n")  # one table per step with every try's rows (a later table would replace it)
+        assert table[0].endswith("| try | trained |") and len(table) == 2 + len(rows)
+        assert [line.split(" | ")[-2:] for line in table[2:]] == [[str(r["try"]), f"{r['trained']} |"] for r in rows]
         assert row["signal/tries"] == len(tries) and all(n == 8 for n in tries.values())
         assert row["signal/prompts_dropped"] == sum(not any(r["trained"] for r in rs) for rs in groups.values())
         assert row["signal/groups_all_correct"] == pytest.approx(sum(m >= 0.99 for m in means.values()) / len(means))
@@ -209,6 +216,21 @@ def test_only_groups_with_signal_train(mode, qwen_path, counting_dir, tmp_path):
         assert sorted(seen[1]) == sorted(r["completion"] for r in trained)
         by_text = {r["completion"]: r["advantage"] for r in trained}
         assert [by_text[t] for t in seen[1]] == pytest.approx(seen[2], abs=1e-6)
+        # the step's capsule holds exactly the trained rows, each pointing at its own line of rollouts.jsonl
+        record, batches = read_capsule(run, step)
+        kept = [r for mb in record["rows"] for r in mb]
+        assert sorted(r["rollout_index"] for r in kept) == [i for i, r in enumerate(rows) if r["trained"]]
+        assert {r["rollout_step"] for r in kept} == {step}
+        batch = {k: torch.cat([b[k] for b in batches]) for k in ("capsule_rewards", "advantages")}
+        texts = [t for b in batches for t in trainer.processing_class.batch_decode(
+            b["completion_ids"].masked_fill(b["completion_mask"] == 0, trainer._tokenizer.pad_token_id),
+            skip_special_tokens=True)]
+        for j, r in enumerate(kept):
+            rollout = rows[r["rollout_index"]]
+            assert (r["prompt_id"], r["image"], texts[j]) == (rollout["prompt_id"], rollout["image"],
+                                                              rollout["completion"])
+            assert batch["capsule_rewards"][j].tolist() == pytest.approx([rollout["rewards/parity_reward"]])
+            assert batch["advantages"][j].item() == pytest.approx(rollout["advantage"], abs=1e-6)
     if mode == "replace":
         assert max(m["signal/tries"] for m in metrics) > 1
 
