@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install demo test test-fast test-vllm wheelhouse gpu-check bench clean
+.PHONY: install demo test test-fast test-vllm wheelhouse gpu-check bench bench-signal clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -69,6 +69,10 @@ gpu-check:
 # Every benchmark, each in a fresh process, then the results table of benchmarks/README.md (about 10 min).
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all
+
+# Dynamic sampling variants on the demo's recipe, 3 seeds each (too long for `make bench`; see benchmarks/README.md).
+bench-signal: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_signal
 
 clean:
 	rm -rf runs/ .pytest_cache .hypothesis

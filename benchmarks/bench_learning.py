@@ -285,17 +285,20 @@ def _seed_process(seed: int, params: dict, args, workdir: str) -> dict:
     return run
 
 
-def run_seeds(params: dict, args, workdir: str, load) -> list[dict]:
-    """Every seed, `args.workers` at a time (fresh spawned processes when more than one), in seed order."""
+def run_seeds(params: dict, args, workdir: str, load, seed_process=None) -> list[dict]:
+    """Every seed, `args.workers` at a time (fresh spawned processes when more than one), in seed order.
+
+    `seed_process(seed, params, args, workdir)` runs one seed (default: this benchmark's pipeline); it must be a
+    module-level function, as spawned processes import it."""
     import concurrent.futures
     import multiprocessing
 
-    workers = args.workers
+    workers, seed_process = args.workers, seed_process or _seed_process
     if workers == 1:
-        return [_seed_process(seed, params, args, workdir) for seed in args.seeds]
+        return [seed_process(seed, params, args, workdir) for seed in args.seeds]
     print(f"[learning] seeds {args.seeds}: {workers} at a time, {args.threads} thread(s) each", flush=True)
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_seed_process, seed, params, args, workdir) for seed in args.seeds]
+        futures = [pool.submit(seed_process, seed, params, args, workdir) for seed in args.seeds]
         runs = []
         for future in futures:
             runs.append(future.result())
@@ -303,14 +306,21 @@ def run_seeds(params: dict, args, workdir: str, load) -> list[dict]:
         return runs
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def measure_seeds(args, name: str, seed_process=None) -> tuple[float, dict, "common.LoadLog", list[dict]]:
+    """The demo's parameters (with `--set`), then every seed in its own process in a temporary folder, the load
+    sampled: `(start time, parameters, load log, one result per seed)`. Shared with `bench_signal`."""
     common.setup_torch(args.threads)
     started = time.time()
     params = preset(args.quick, args.overrides)
     load = common.LoadLog(own_processes=args.workers * args.threads)
-    with tempfile.TemporaryDirectory(prefix="bench-learning-") as workdir:
-        seeds = run_seeds(params, args, workdir, load)
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as workdir:
+        seeds = run_seeds(params, args, workdir, load, seed_process)
+    return started, params, load, seeds
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started, params, load, seeds = measure_seeds(args, NAME)
     for run in seeds:
         print(f"[learning] seed {run['seed']}: {100 * run['accuracy_after_warmstart']:.1f}% -> "
               f"{100 * run['accuracy_after_grpo']:.1f}% (warm start {run['warmstart_s']:.0f} s, "

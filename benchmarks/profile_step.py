@@ -47,7 +47,7 @@ FUNCTIONS = {
     "mmr1kit _exact_kl (two backbone forwards + exact_from_hidden)": ("trainer.py", "_exact_kl"),
     "mmr1kit kl.exact_from_hidden": ("kl.py", "exact_from_hidden"),
     "backward (autograd)": ("__init__.py", "backward"),
-    "mmr1kit _record_rollouts (rollouts.jsonl)": ("trainer.py", "_record_rollouts"),
+    "mmr1kit record_rounds (rollouts.jsonl, prompts.jsonl)": ("rounds.py", "record_rounds"),
     "runs.append_jsonl (write + fsync)": ("runs.py", "append_jsonl"),
     "TRL _calculate_rewards": ("grpo_trainer.py", "_calculate_rewards"),
     "optimizer step (AdamW)": ("adam.py", "step"),

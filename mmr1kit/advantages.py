@@ -5,7 +5,19 @@ calls `apply` right after it, on the same round's rewards, to
 
 - log MMR1's `reward_std`: the mean over groups of the within-group standard deviation of the summed reward
   (`reward_std/within_group`; TRL's `reward_std` is the std over the whole batch);
+- subtract `beta · KL` of each completion from its reward before the group statistics when `kl_in_reward` is set
+  (`kl_penalty`, verl's `use_kl_in_reward`);
 - replace TRL's advantages by MMR1's `no_mean_for_same_reward` variant when it is on.
+
+KL in the reward (`kl_in_reward`: `k1`, `k2`, `k3` or `exact`). Completion `i`'s reward becomes
+`r_i - beta · Σ_t KL_{i,t}`: verl's definition (`apply_kl_penalty`: token-level rewards `score - beta · kl_t`, which
+its GRPO advantage sums over the response), a sum over the completion's tokens, not a mean. `KL_{i,t}` is the
+estimator at the sampled token between the policy that generated the round (`old_per_token_logps`, or the same
+policy's log-probs computed here when TRL skipped them) and the reference; `exact` is the full-distribution KL at that
+position. The penalty has no gradient: it acts through the advantages only. With `use_kl` the loss keeps its KL term
+as well (same `beta`); with `use_kl=False` the reward is the only place the KL acts ("instead of"). verl clamps its
+k3 (`low_var_kl`) to [-10, 10]; mmr1kit does not. `reward`, `rewards/*` and `reward_std/within_group` stay the task
+rewards; `kl_penalty` logs the mean penalty and every rollout records its own.
 
 Notation: `N` completions of one generation round (all processes), `G` the round's group size (`num_generations` in
 training, `num_generations_eval` in evaluation), consecutive blocks of `G` completions share a prompt.
@@ -30,6 +42,7 @@ import torch
 from trl.trainer.utils import nanstd
 
 ADVANTAGE_SCALES = ("group", "batch", "none")
+KL_IN_REWARD = ("k1", "k2", "k3", "exact")
 AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
 
 
@@ -120,6 +133,33 @@ def summed_rewards(rewards_per_func: torch.Tensor, weights: torch.Tensor) -> tor
     return total
 
 
+def sequence_kl_penalty(kl_per_token: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
+    """`beta · Σ_t KL_t · m_t` per completion: `(B, T), (B, T) -> (B,)` (verl's KL-in-reward, summed over tokens)."""
+    return beta * (kl_per_token * mask.to(kl_per_token.dtype)).sum(-1)
+
+
+def kl_penalty(trainer, output: dict, mode: str) -> torch.Tensor | None:
+    """The hook: `(N,)` `beta · KL` of every completion of the round (all processes, CPU), or `None` when
+    `kl_in_reward` is off. Logs `kl_penalty`, the mean over the round."""
+    kind = trainer.args.kl_in_reward
+    if kind is None:
+        return None
+    from mmr1kit import kl
+    from mmr1kit.scale import _trainer_logps  # the policy's log-probs when TRL skipped them (on-policy rounds)
+
+    mask = output["completion_mask"] * output.get("tool_mask", 1)
+    with torch.no_grad():
+        if kind == "exact":
+            per_token, _ = trainer._exact_kl(trainer.model, output, None, with_grad=False)
+        else:
+            logps = output.get("old_per_token_logps")
+            logps = _trainer_logps(trainer, output) if logps is None else logps
+            per_token = kl.estimate(kind, logps, output["ref_per_token_logps"])
+    penalty = trainer.accelerator.gather(sequence_kl_penalty(per_token, mask, trainer.beta)).float().cpu()
+    trainer._metrics[mode]["kl_penalty"].append(penalty.mean().item())
+    return penalty
+
+
 def config_error(config) -> tuple[str, str] | None:
     """`(field, message)` for an advantage setting `MMR1Trainer` cannot honour, or `None`; checked by `MMR1Config`."""
     if config.scale_rewards not in ADVANTAGE_SCALES:
@@ -137,14 +177,26 @@ def config_error(config) -> tuple[str, str] | None:
             return "scale_rewards", (
                 "kl_approximator='kimifull' uses A = r - mean(group): set scale_rewards='none' (or "
                 "no_mean_for_same_reward=True, whose advantage then wins, as in MMR1)")
+    if config.kl_in_reward is not None:
+        if config.kl_in_reward not in KL_IN_REWARD:
+            return "kl_in_reward", f"expected one of {KL_IN_REWARD} (or None: no KL in the reward)"
+        if config.beta <= 0:
+            return "beta", "kl_in_reward subtracts beta * KL from the reward: it needs beta > 0 (the reference model)"
+        if config.multi_objective_aggregation != "sum_then_normalize":
+            return "multi_objective_aggregation", (
+                "kl_in_reward is subtracted from the summed reward: use 'sum_then_normalize'")
+        if config.kl_in_reward == "exact" and config.use_peft:
+            return "kl_in_reward", "'exact' needs a separate reference model; with use_peft use k1, k2 or k3"
     return None
 
 
-def apply(trainer, output: dict, rewards_per_func: torch.Tensor, mode: str) -> torch.Tensor:
-    """The hook `MMR1Trainer._generate_and_score_completions` calls after TRL scored a round.
+def apply(trainer, output: dict, rewards_per_func: torch.Tensor, mode: str,
+          penalty: torch.Tensor | None = None) -> torch.Tensor:
+    """The hook `MMR1Trainer._score_round` calls after TRL scored a round.
 
-    Logs `reward_std/within_group`; with `no_mean_for_same_reward` replaces `output["advantages"]` `(B_local,)` by
-    MMR1's (and TRL's logged copy, so completion tables show what trained).
+    Logs `reward_std/within_group`; with `no_mean_for_same_reward` or a KL `penalty` replaces `output["advantages"]`
+    `(B_local,)` by the advantages of `reward - penalty` (MMR1's variant when it is on), and TRL's logged copy, so
+    completion tables show what trained.
 
     Args:
         trainer (`MMR1Trainer`): The trainer (reads its config, weights, group sizes and process index).
@@ -152,6 +204,7 @@ def apply(trainer, output: dict, rewards_per_func: torch.Tensor, mode: str) -> t
         rewards_per_func (`torch.Tensor` of shape `(N, n_funcs)`): This round's rewards, all processes (the value
             TRL's `_calculate_rewards` returned).
         mode (`str`): `"train"` or `"eval"`.
+        penalty (`torch.Tensor` of shape `(N,)`, *optional*): `kl_penalty`'s `beta · KL` per completion.
 
     Returns:
         `torch.Tensor` of shape `(N,)`: the advantages the loss uses, all processes, in TRL's order.
@@ -163,9 +216,11 @@ def apply(trainer, output: dict, rewards_per_func: torch.Tensor, mode: str) -> t
         trainer._metrics[mode]["reward_std/within_group"].append(spread)
     n_total = total.numel()
     logged = trainer._logs["advantages"]  # TRL appended this round's N advantages last
-    if not trainer.args.no_mean_for_same_reward:
+    no_mean = trainer.args.no_mean_for_same_reward
+    if not no_mean and penalty is None:
         return torch.tensor(list(logged)[-n_total:])
-    advantages = group_advantages(total.cpu(), G, scale=trainer.scale_rewards, no_mean_for_same_reward=True)
+    total = total.cpu() - (penalty if penalty is not None else 0.0)
+    advantages = group_advantages(total, G, scale=trainer.scale_rewards, no_mean_for_same_reward=no_mean)
     n_local = output["advantages"].size(0)
     start = trainer.accelerator.process_index * n_local
     output["advantages"] = advantages[start : start + n_local].to(output["advantages"])

@@ -44,7 +44,7 @@ from transformers import TrainerCallback
 FORMAT = 1
 FOLDER = "capsules"
 TAGS = ("capsule_rewards", "capsule_row")  # keys `tag` adds to a generation batch; they ride along through TRL's
-# shuffle and split, so each micro-batch row keeps its own rewards and its place in the round
+# shuffle and split, so each micro-batch row keeps its own rewards and its place in the step's rollouts.jsonl rows
 
 
 def capsule_dir(run_dir, step: int) -> Path:
@@ -97,11 +97,18 @@ def attach(trainer):
     return writer
 
 
-def tag(trainer, output: dict, rows: list, rewards_per_func: torch.Tensor) -> None:
-    """Add each completion's raw rewards `(B, n_funcs)` and its index in the round `(B,)` to a training batch."""
+def tag(trainer, output: dict, rewards: torch.Tensor, rows: torch.Tensor, described: list[dict]) -> None:
+    """Tag a training batch that is about to train (after `mmr1kit.signal` assembled it) for its capsule.
+
+    Args:
+        output (`dict`): This process's generation batch of `B` rows.
+        rewards (`torch.Tensor` of shape `(B, n_funcs)`): Each row's raw reward of every function.
+        rows (`torch.Tensor` of shape `(B,)`): Each row's index among its step's rows of `rollouts.jsonl`.
+        described (`list[dict]`): The prompt id and media of each of the step's rows of `rollouts.jsonl`.
+    """
     writer = getattr(trainer, "capsules", None)
     if writer is not None and trainer.model.training:
-        writer.tag(output, rows, rewards_per_func)
+        writer.tag(output, rewards, rows, described)
 
 
 def keep(trainer, inputs: dict) -> None:
@@ -134,14 +141,10 @@ class CapsuleWriter:
     def due(self, step: int) -> bool:
         return step % self.every == 0 or step == self.trainer.state.max_steps
 
-    def tag(self, output: dict, rows: list, rewards_per_func: torch.Tensor) -> None:
-        from mmr1kit.data.media import rollout_media
-
-        n = output["completion_ids"].size(0)
-        start = self.trainer.accelerator.process_index * n
-        output["capsule_rewards"] = rewards_per_func[start : start + n].float().to(output["completion_ids"].device)
-        output["capsule_row"] = torch.arange(n, device=output["completion_ids"].device)
-        described = [{"prompt_id": x.get("id"), **rollout_media(x)} for x in rows] if len(rows) == n else None
+    def tag(self, output: dict, rewards: torch.Tensor, rows: torch.Tensor, described: list[dict]) -> None:
+        device = output["completion_ids"].device
+        output["capsule_rewards"] = rewards.float().to(device)
+        output["capsule_row"] = rows.to(device)
         self._round = {"step": self.trainer.state.global_step + 1, "rows": described}
 
     def keep(self, inputs: dict) -> None:

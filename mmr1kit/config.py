@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 from trl import GRPOConfig
 
-from mmr1kit import advantages
+from mmr1kit import advantages, ledger, signal
 from mmr1kit.config_checks import check_fields, parse_argv, unknown_names
 from mmr1kit.data.ordering import ORDERS
 from mmr1kit.presets import warn_smoke_sizes
@@ -145,6 +145,23 @@ class MMR1Config(GRPOConfig):
     no_mean_for_same_reward: bool = field(
         default=False, metadata={"help": "Do not centre groups whose rewards are all equal; clip advantages to [-1, 1]."}
     )
+    # Where the learning signal goes (mmr1kit.signal, mmr1kit.ledger; docs/signal.md)
+    dynamic_sampling: str = field(
+        default="none", metadata={"help": "Groups without signal: none (train all), filter (drop) or replace (redraw)."}
+    )
+    filter_key: str | None = field(
+        default=None, metadata={"help": "Reward whose group mean decides (default: first of reward_funcs; 'overall')."}
+    )
+    filter_low: float = field(default=0.01, metadata={"help": "A group has signal when filter_low < its mean ..."})
+    filter_high: float = field(default=0.99, metadata={"help": "... < filter_high (EasyR1's names and defaults)."})
+    max_tries: int = field(default=20, metadata={"help": "Generation rounds per batch with dynamic_sampling='replace'."})
+    kl_in_reward: str | None = field(
+        default=None, metadata={"help": "Subtract beta * sum_t KL_t (k1, k2, k3 or exact) from each reward (verl)."}
+    )
+    soft_punish_cache: int = field(
+        default=4, metadata={"help": "The 'soft_overlong' reward's penalty ramp, in tokens (TRL's soft_punish_cache)."}
+    )
+    freeze_vision_tower: bool = field(default=False, metadata={"help": "Do not train the vision encoder."})
 
     # TRL defaults changed for a CPU smoke run on the tiny model (TRL's are sized for GPUs).
     output_dir: str | None = field(default=None, metadata={"help": "Defaults to <run_dir>/checkpoints."})
@@ -208,7 +225,8 @@ class MMR1Config(GRPOConfig):
         if self.loss_type not in LOSS_TYPES:
             bad("loss_type", f"expected one of {LOSS_TYPES} (TRL 1.16's loss types)")
         self.scale_rewards = {True: "group", False: "none"}.get(self.scale_rewards, self.scale_rewards)
-        error = advantages.config_error(self)  # scale_rewards, aggregation, no_mean_for_same_reward, kimifull
+        self.kl_in_reward = None if str(self.kl_in_reward).lower() in ("none", "") else self.kl_in_reward
+        error = advantages.config_error(self)  # scale_rewards, aggregation, no_mean_for_same_reward, kimifull, KL
         if error:
             bad(*error)
         from mmr1kit import trackers
@@ -255,6 +273,12 @@ class MMR1Config(GRPOConfig):
                 bad(name, str(e))
         if self.num_generations < 2:
             bad("num_generations", "GRPO needs at least 2 completions per prompt")
+        if "soft_overlong" in self.reward_funcs and not 0 < self.soft_punish_cache <= self.max_completion_length:
+            bad("soft_punish_cache", f"the soft_overlong ramp is 1..max_completion_length={self.max_completion_length}")
+        for check in (signal.config_error, ledger.resume_error):
+            error = check(self)  # dynamic sampling; an online order resuming without a ledger
+            if error:
+                bad(*error)
         check_layout(self)  # mmr1kit.scale: impossible scale-out layouts, before any model loads
         world = int(os.environ.get("WORLD_SIZE", 1))
         steps = self.steps_per_generation or self.gradient_accumulation_steps

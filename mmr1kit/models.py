@@ -204,3 +204,30 @@ def load_policy(name_or_path, dtype: str | torch.dtype = "auto", **kwargs):
     from transformers import AutoModelForImageTextToText
 
     return AutoModelForImageTextToText.from_pretrained(str(name_or_path), dtype=dtype, **kwargs)
+
+
+VISION_TOWERS = ("visual", "vision_tower", "vision_model")  # Qwen2/2.5-VL, LLaVA, Idefics / SmolVLM
+
+
+def vision_tower(model) -> torch.nn.Module:
+    """The vision encoder of a VLM (a PEFT wrapper is looked through): `model.model.visual` for Qwen2/2.5-VL (its
+    patch merger included, as EasyR1's `freeze_vision_tower` freezes it), `model.model.vision_tower` for LLaVA (the
+    projector is not part of it)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for holder in (getattr(base, "model", None), base):
+        for name in VISION_TOWERS:
+            tower = getattr(holder, name, None) if holder is not None else None
+            if isinstance(tower, torch.nn.Module):
+                return tower
+    raise ValueError(f"freeze_vision_tower: {type(base).__name__} has no vision tower named {VISION_TOWERS} "
+                     f"(under .model or at the top)")
+
+
+def freeze_vision_tower(model) -> int:
+    """Stop training the vision encoder (`MMR1Config.freeze_vision_tower`, EasyR1's name): its parameters, LoRA
+    adapters inside it included, get `requires_grad=False` before the optimizer is built. Returns how many
+    parameters were frozen."""
+    params = list(vision_tower(model).parameters())
+    for param in params:
+        param.requires_grad_(False)
+    return sum(p.numel() for p in params)

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # What a run writes (mmr1kit.runs); an executed notebook, its HTML report or a warm start alone are not a run record.
-RECORD = ("config.json", "manifest.json", "metrics.jsonl", "rollouts.jsonl", "checkpoints.json", "summary.json",
-          "checkpoints", "final", "capsules")
+RECORD = ("config.json", "manifest.json", "metrics.jsonl", "rollouts.jsonl", "prompts.jsonl", "checkpoints.json",
+          "summary.json", "checkpoints", "final", "capsules")
 # Fields that say where a run is or how it starts, not what it trains: never a conflict on resume.
 # Fields a resume may change freely: where things go, and what changes no result (the image caches change numbers
 # only by float rounding; the trackers only watch)

@@ -5,6 +5,7 @@
       manifest.json      package versions, git commit, seed, machine, start time, dataset counts
       metrics.jsonl      one JSON object per logged step, appended (whole lines, flushed) as it happens
       rollouts.jsonl     every completion: step, prompt id, image, completion, per-function rewards, advantage
+      prompts.jsonl      the prompt ledger: every visit of every prompt, its pass rate (mmr1kit.ledger)
       checkpoints/       trainer checkpoints (TRL / transformers format, safetensors)
       capsules/          step-<s>/: one step's batch, weights and optimizer state (`capsule_every`, mmr1kit.capsules)
       *.png              figures
@@ -130,7 +131,7 @@ class RunRecorder:
 
     def truncate_after(self, step: int) -> None:
         """Drop records of steps after `step` (rows a dead process wrote after its last checkpoint), atomically."""
-        for path in (self.metrics_path, self.rollouts_path):
+        for path in (self.metrics_path, self.rollouts_path, self.path / "prompts.jsonl"):  # prompts: mmr1kit.ledger
             rows, _ = read_jsonl(path)
             kept = [r for r in rows if r.get("step", 0) <= step]
             if len(kept) != len(rows):

@@ -36,6 +36,7 @@ INSTALL = "pip install 'mmr1kit[trackers]' (tensorboard, trackio, wandb)"
 WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
 SUMMARY_KEY = "train_runtime"  # in the trainer's last log: the end-of-training figures (summary.json)
 COLUMNS = ("step", "prompt_id", "group", "image", "problem", "solution", "completion")  # then rewards/*, ...
+SIGNAL_COLUMNS = ("kl_penalty", "try", "trained")  # rollouts.jsonl's dynamic-sampling / KL-in-reward fields
 TEXT_LIMIT = 500  # characters of a completion / problem in TensorBoard's Markdown table
 
 
@@ -333,9 +334,11 @@ REPLACES = {TensorBoardCallback: TensorBoardTracker, WandbCallback: WandbTracker
 
 
 def table_columns(rows: list[dict]) -> list[str]:
-    """The table's columns: `COLUMNS`, each `rewards/<func>`, then `reward`, `advantage`, `length`, `truncated`."""
+    """The table's columns: `COLUMNS`, each `rewards/<func>`, then `reward`, `advantage`, `length`, `truncated`, and
+    those of `SIGNAL_COLUMNS` the rows have (which try of the step, whether it trained: `mmr1kit.signal`)."""
     rewards = list(dict.fromkeys(k for r in rows for k in r if k.startswith("rewards/")))  # reward_funcs' order
-    return [*COLUMNS, *rewards, "reward", "advantage", "length", "truncated"]
+    signal = [k for k in SIGNAL_COLUMNS if any(k in r for r in rows)]
+    return [*COLUMNS, *rewards, "reward", "advantage", "length", "truncated", *signal]
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -379,7 +382,7 @@ class RolloutTables:
 
 def use_trackers(trainer) -> RolloutTables:
     """Swap transformers' TensorBoard / wandb / trackio callbacks of `trainer` for the ones above; return the
-    rollout table sender (`trainer._record_rollouts` calls its `log`)."""
+    rollout table sender (`mmr1kit.rounds.record_rounds` calls its `log`, once per step)."""
     ours = []
     for theirs, mine in REPLACES.items():
         if any(type(cb) is theirs for cb in trainer.callback_handler.callbacks):

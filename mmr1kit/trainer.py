@@ -4,10 +4,12 @@ It overrides as little as possible (design decision 1); each override says what 
 
 - `_get_per_token_logps_and_entropies`: keeps the policy pass's log-probs and entropies for the loss additions;
 - `_compute_loss`: the KL estimator of `kl_approximator` (TRL hard-codes k3), the entropy term, every estimator logged;
-- `_generate_and_score_completions`: MMR1's advantage variants and every rollout into the run folder;
+- `_generate_and_score_completions`: dynamic sampling (`mmr1kit.signal`: one or more tries of `_score_round`, which
+  adds MMR1's advantage variants and the KL in the reward), every rollout and the prompt ledger (`mmr1kit.ledger`)
+  into the run folder;
 - the generation, scoring, reference, rollout and training-step hooks: phase timing and peak memory
   (`mmr1kit.phases`);
-- `_get_train_sampler`: `order_dataset`;
+- `_get_train_sampler`: `order_dataset` (`online` is drawn by `mmr1kit.signal`);
 - `_load_from_checkpoint`: resuming restores every weight (transformers' own path misses VLM key renames);
 - a callback sets the step's sampling temperature everywhere TRL uses it;
 - `report_to`'s trackers get the run record's names and steps, and throttled rollout tables (`mmr1kit.trackers`);
@@ -34,13 +36,17 @@ from mmr1kit import capsules, kl
 from mmr1kit.data.ordering import OrderedRepeatSampler, prompt_order
 from mmr1kit.guards import NonFiniteGuard, NonFiniteTrainingError
 from mmr1kit.interrupt import raise_if_stopped, stop_on_interrupt
+from mmr1kit.ledger import LedgerCallback, make_ledger
+from mmr1kit.models import freeze_vision_tower
 from mmr1kit.phases import PhaseCallback, PhaseLog
 from mmr1kit.progress import use_text_progress
+from mmr1kit.rounds import round_record
 from mmr1kit.run_folder import check_resume_step, open_record, resolve_resume, resume_requested, start_run
 from mmr1kit.runs import RunRecorder
 from mmr1kit.sampling import ProcessedLogprobs, suppress_vision_tokens
 from mmr1kit.scale import feed_vllm_unexpanded_images, rollout_check
 from mmr1kit.schedules import temperature_at
+from mmr1kit.signal import DynamicSampling
 from mmr1kit.trackers import use_trackers
 from mmr1kit.video import VideoTrainerMixin
 from mmr1kit.vision_cache import VisionCacheMixin
@@ -182,7 +188,7 @@ class MMR1Trainer(VisionCacheMixin, VideoTrainerMixin, GRPOTrainer):
         model = resolve_model(args.model_name_or_path) if model is None else model
         if isinstance(model, str) and "processing_class" not in kwargs:
             kwargs["processing_class"] = load_processor(model, args.min_pixels, args.max_pixels)
-        reward_funcs = get_reward_funcs(args.reward_funcs) if reward_funcs is None else reward_funcs
+        reward_funcs = get_reward_funcs(args.reward_funcs, config=args) if reward_funcs is None else reward_funcs
         # several images / a video per row: drop or refuse the rows this model cannot take (mmr1kit.capabilities)
         train_dataset = check_dataset(train_dataset, kwargs.get("processing_class"), model, args)
         self._policy_pass = None  # (logps, entropies, hidden or None) of the last policy forward with entropies
@@ -206,6 +212,11 @@ class MMR1Trainer(VisionCacheMixin, VideoTrainerMixin, GRPOTrainer):
             self.add_callback(RunRecordCallback(self.recorder))
         self.rollout_tables = use_trackers(self)  # report_to: metrics.jsonl's names and steps; rollout tables
         self.capsules = capsules.attach(self)  # capsule_every: batches kept for `mmr1kit replay` (mmr1kit.capsules)
+        self.ledger = make_ledger(self, train_dataset)  # prompts.jsonl; restored on resume by its callback
+        self.add_callback(LedgerCallback(self))
+        self.signal = DynamicSampling(self)
+        if args.freeze_vision_tower:
+            freeze_vision_tower(self.model)
         self.add_callback(TemperatureCallback(self))
         self.guard = NonFiniteGuard(self, args.max_nonfinite_steps)
         self.add_callback(self.guard)
@@ -462,9 +473,22 @@ class MMR1Trainer(VisionCacheMixin, VideoTrainerMixin, GRPOTrainer):
     # --- rollouts, advantages, record ---------------------------------------------------------------------------
 
     def _generate_and_score_completions(self, inputs):
-        from accelerate.utils import gather_object
-
         self.phases.begin("rollout", self.model.training)
+        if self.model.training:  # `dynamic_sampling`: one or more tries of `_score_round`, merged (mmr1kit.signal)
+            output = self.signal.generate(inputs)
+        else:
+            output = self._score_round(inputs)[0]
+        self.phases.end("rollout")
+        return output
+
+    def _score_round(self, inputs, attempt: int = 0):
+        """One TRL generation round (through the vision caches and the video hook of the bases) plus MMR1's
+        advantages and the KL in the reward.
+
+        Returns the local generation batch and, in training, the round's record for `mmr1kit.rounds.record_rounds`
+        (rows, media, rewards, advantages, KL penalties and `filter_key` values of all processes; `None` in
+        evaluation). The capsule's tags (`mmr1kit.capsules.tag`) are added by `mmr1kit.signal` to the batch that trains.
+        """
         self._ref_hidden = None
         self.processed_logprobs.arm()
         output = super()._generate_and_score_completions(inputs)
@@ -474,52 +498,8 @@ class MMR1Trainer(VisionCacheMixin, VideoTrainerMixin, GRPOTrainer):
         rollout_check(self, output)  # vLLM's log-probs vs the trainer's: rollout/logp_diff_mean, rollout/logp_diff_max
         mode = "train" if self.model.training else "eval"
         rewards_per_func, self._round_rewards = self._round_rewards.cpu(), None  # (N, n_funcs), this round's
-        advantages = mmr1_advantages.apply(self, output, rewards_per_func, mode)  # (N,): MMR1's variants, reward_std
-        capsules.tag(self, output, inputs, rewards_per_func)  # each row's rewards ride along through TRL's shuffle
-        if mode == "train":
-            lengths = output["completion_mask"].sum(1)
-            last = output["completion_ids"].gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
-            truncated = ~torch.isin(last, torch.tensor(self.eos_token_ids, device=last.device))
-            self._record_rollouts(inputs, rewards_per_func, advantages, lengths, truncated, gather_object)
-        self.phases.end("rollout")
-        return output
-
-    def _record_rollouts(self, inputs, rewards_per_func, advantages, lengths, truncated, gather_object):
-        from mmr1kit.data.media import rollout_media
-
-        # a process that writes no record spends nothing on it: its gather counts in timing/other
-        self.phases.begin("record", self.model.training and self.recorder is not None)
-        keys = ("id", "problem", "solution")
-        rows = gather_object([{**{k: x.get(k) for k in keys}, **rollout_media(x)} for x in inputs])
-        lengths = gather_object(lengths.tolist())
-        truncated = gather_object(truncated.tolist())
-        if self.recorder is None:
-            self.phases.end("record")
-            return
-        completions = list(self._logs["completion"])
-        weights = self.reward_weights.cpu()
-        step = self.state.global_step + 1  # the optimizer step these completions train
-        records = []
-        for i, row in enumerate(rows):
-            text = completions[i][0]["content"] if isinstance(completions[i], list) else completions[i]
-            rewards = {f"rewards/{n}": float(rewards_per_func[i, j]) for j, n in enumerate(self.reward_func_names)}
-            records.append(
-                {
-                    "step": step,
-                    "prompt_id": row["id"],
-                    "group": i // self.num_generations,
-                    **{k: row[k] for k in ("image", "images", "video") if k in row},  # every image / the video
-                    "problem": row["problem"],
-                    "solution": row["solution"],
-                    "completion": text,
-                    **rewards,
-                    "reward": float((rewards_per_func[i] * weights).nansum()),
-                    "advantage": float(advantages[i]),
-                    "length": int(lengths[i]),
-                    "truncated": bool(truncated[i]),
-                    "temperature": self.temperature,
-                }
-            )
-        self.recorder.log_rollouts(records)
-        self.rollout_tables.log(records)  # every tracker_rollouts_every steps, to the trackers that take tables
-        self.phases.end("record")
+        penalty = mmr1_advantages.kl_penalty(self, output, mode)  # (N,) beta * KL of each completion, or None
+        advantages = mmr1_advantages.apply(self, output, rewards_per_func, mode, penalty)  # (N,): what trains
+        if mode != "train":
+            return output, None
+        return output, round_record(self, inputs, output, rewards_per_func, advantages, penalty, attempt)

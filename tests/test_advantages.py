@@ -1,4 +1,5 @@
-"""Group advantages (TRL's and MMR1's), MMR1's reward_std, and the hook that applies them inside the trainer."""
+"""Group advantages (TRL's and MMR1's), MMR1's reward_std, the KL in the reward, and the hook that applies them
+inside the trainer."""
 
 import math
 from pathlib import Path
@@ -8,7 +9,7 @@ import torch
 from objective_helpers import batch_of, make
 
 from mmr1kit import advantages
-from mmr1kit.advantages import group_advantages, within_group_std
+from mmr1kit.advantages import group_advantages, sequence_kl_penalty, within_group_std
 from mmr1kit.config import MMR1Config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -206,3 +207,56 @@ def test_reward_std_within_group_reaches_the_run_record(qwen_path, counting_dir,
     assert row["reward_std/within_group"] == pytest.approx(within_group_std(rewards, 4), rel=1e-5)
     docs = (ROOT / "docs" / "metrics.md").read_text()
     assert "| `reward_std/within_group` | mmr1kit | MMR1's `reward_std`: the mean over the step's groups" in docs
+
+
+# --- KL in the reward ------------------------------------------------------------------------------------------------
+
+
+def test_sequence_kl_penalty_by_hand():
+    logp = torch.tensor([[-1.0, -2.0, -0.5], [-0.1, -0.2, -9.0]])
+    ref = torch.tensor([[-1.5, -1.0, -0.5], [-0.3, -0.2, -1.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 0]])  # the third token is padding
+    k1 = logp - ref  # [[0.5, -1, 0], [0.2, 0, -8]]
+    assert sequence_kl_penalty(k1, mask, beta=0.1).tolist() == pytest.approx([0.1 * (0.5 - 1.0), 0.1 * 0.2])
+    k2 = 0.5 * (logp - ref) ** 2
+    assert sequence_kl_penalty(k2, mask, beta=0.1).tolist() == pytest.approx([0.1 * (0.125 + 0.5), 0.1 * 0.02])
+
+
+@pytest.mark.parametrize(
+    "values, field",
+    [
+        ({"kl_in_reward": "k4"}, "kl_in_reward"),
+        ({"kl_in_reward": "k1", "beta": 0.0}, "beta"),
+        ({"kl_in_reward": "k3", "multi_objective_aggregation": "normalize_then_sum"}, "multi_objective_aggregation"),
+    ],
+)
+def test_kl_in_reward_settings_that_cannot_work(values, field):
+    with pytest.raises(ValueError, match=f"^MMR1Config.{field}="):
+        MMR1Config(**values)
+    assert MMR1Config(kl_in_reward="none").kl_in_reward is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["k1", "k3", "exact"])
+def test_kl_in_the_reward_matches_a_hand_computation(kind, qwen_path, counting_dir, tmp_path):
+    """Advantages of `r - beta * sum_t KL_t`, with the policy's and the reference's log-probs from plain forwards."""
+    from objective_helpers import length_reward, move_policy, policy_logits, token_logps
+
+    trainer = make(qwen_path, counting_dir, tmp_path / "run", kl_in_reward=kind, beta=0.5, use_kl=False)
+    move_policy(trainer)  # the policy differs from the reference
+    out = batch_of(trainer)
+    with torch.no_grad():
+        logits, ref_logits = policy_logits(trainer, out), policy_logits(trainer, out, trainer.ref_model)
+    mask = out["completion_mask"].float()
+    if kind == "exact":
+        per_token = (logits.softmax(-1) * (logits.log_softmax(-1) - ref_logits.log_softmax(-1))).sum(-1)
+    else:
+        d = token_logps(ref_logits, out) - token_logps(logits, out)
+        per_token = -d if kind == "k1" else d.exp() - d - 1
+    penalty = 0.5 * (per_token * mask).sum(1)
+    rewards = torch.tensor(length_reward(list(trainer._logs["completion"])))  # the round's 8 completions
+    expected = group_advantages(rewards - penalty, 4)
+    assert penalty.abs().min() > 1e-3  # the policy moved: the KL is not negligible ...
+    torch.testing.assert_close(out["advantages"], expected, rtol=1e-4, atol=1e-4)  # ... and shapes the advantages
+    assert not torch.allclose(group_advantages(rewards, 4), expected, atol=1e-2)
+    assert trainer._metrics["train"]["kl_penalty"][-1] == pytest.approx(penalty.mean().item(), rel=1e-4)

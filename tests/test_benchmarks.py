@@ -19,6 +19,7 @@ from benchmarks import (
     bench_memory,
     bench_overhead,
     bench_plan,
+    bench_signal,
     profile_step,
     run_all,
 )
@@ -199,6 +200,25 @@ def test_load_threshold_counts_the_benchmarks_own_processes(own):
     report = common.LoadLog(own_processes=own).report()
     assert report["threshold"] == common.QUIET_LOAD + own - 1
     assert report["quiet"] == (report["max_1min"] < report["threshold"])
+
+
+@pytest.mark.slow
+def test_signal_records_each_variant_from_one_warm_start(tmp_path):
+    report = bench_signal.main(["--quick", "--variants", "none", "filter", "--set", "eval_size=8",
+                                "--out", str(tmp_path / "signal.json")])
+    check_common(report, "signal")
+    (seed,) = report["results"]["seeds"]
+    assert list(seed["variants"]) == ["none", "filter"] and seed["warmstart_cpu_s"] > 0
+    for name, run in seed["variants"].items():
+        assert [p["step"] for p in run["points"]] == [0, 2, 4]
+        tokens = [p["tokens"] for p in run["points"]]
+        assert tokens[0] == 0 and tokens == sorted(tokens) and tokens[-1] == run["tokens"] > 0
+        assert run["points"][0]["cpu_s"] >= seed["warmstart_cpu_s"]  # the time axis starts with the warm start
+        assert run["signal"]["signal/tries"] == 1.0
+    assert seed["variants"]["none"]["tokens"] <= 4 * 8 * 8  # 4 steps x 8 completions x at most 8 tokens
+    summary = report["results"]["variants"]
+    assert summary["none"]["seeds_reaching_target"] == 0 and report["results"]["target_met"] is False
+    assert report["results"]["table"].count("\n| `") == 2 and (tmp_path / "signal.png").stat().st_size > 0
 
 
 def test_learning_rejects_an_unknown_override():

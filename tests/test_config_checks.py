@@ -33,7 +33,7 @@ def error_lines(**values) -> list[str]:
          "MMR1Config.reward_weights=[1.0, 0.5, 0.1]: 3 weight(s) for 1 reward function(s) ['accuracy']; give one "
          "weight per function (or none: all 1.0)"),
         ({"allow_changes": ["max_step"]},
-         "MMR1Config.allow_changes=['max_step']: unknown field(s) 'max_step' (did you mean max_steps or save_steps?)"),
+         "MMR1Config.allow_changes=['max_step']: unknown field(s) 'max_step' (did you mean max_steps or max_tries?)"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_field_value_and_what_is_accepted(values, line):

@@ -95,6 +95,25 @@ def test_load_policy_dispatches_on_config_not_name(llava_path, tmp_path):
 
 
 @pytest.mark.slow
+def test_freeze_vision_tower_trains_everything_else(qwen_path, counting_dir, tmp_path):
+    from test_trainer import UNUSED_BY_DESIGN, train_tiny
+
+    original = models.load_policy(qwen_path)
+    tower = {n for n, _ in models.vision_tower(original).named_parameters()}
+    original = dict(original.named_parameters())
+    trainer, before = train_tiny(qwen_path, counting_dir, tmp_path / "run", steps=2, freeze_vision_tower=True,
+                                 save_strategy="no", warmup_steps=0)
+    params = dict(trainer.model.named_parameters())
+    frozen = {n for n in params if n.startswith("model.visual.")}
+    assert frozen and {n.removeprefix("model.visual.") for n in frozen} == tower
+    assert all(torch.equal(params[n], original[n]) and not params[n].requires_grad for n in frozen)
+    changed = {n for n in before if not torch.equal(params[n], before[n])}
+    assert changed == {n for n in params if n not in frozen and not any(u in n for u in UNUSED_BY_DESIGN)}
+    with pytest.raises(ValueError, match="no vision tower"):
+        models.freeze_vision_tower(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.slow
 def test_processes_that_start_at_once_build_the_cached_model_once(tmp_path):
     """The points of a sweep or the tasks of a Slurm array start together on a cold cache: one builds, the others
     wait for it (`cache_lock`) and load what it built."""

@@ -166,7 +166,8 @@ def test_notebooks_chain_with_their_defaults(smoke_project):
     assert (root / written["02_inspect_rollouts"]["run"]).resolve() == run_dir
     [curves] = written["03_training_curves"]["runs"].values()
     assert (root / curves["path"]).resolve() == run_dir and curves["steps"] == 4
-    assert len(written["03_training_curves"]["figures"]) == 9
+    figures = written["03_training_curves"]["figures"]
+    assert len(figures) == 10 and f"ledger_{run_dir.name}.png" in figures  # 9 curve figures and the run's ledger
     assert written["05_compare_runs"]["runs"] == 1
     assert not (run_dir / "inspect_rollouts.json").exists()  # the run inspected is only read
 
@@ -216,11 +217,17 @@ def test_03_training_curves(tiny_sweep, tmp_path):
         for key in ("reward", "kl/k1", "kl/k2", "kl/k3", "kl/exact", "entropy", "temperature"):
             assert info["last"][key] == pytest.approx(last[key]), key
     expected = {"rewards", "kl", "entropy", "temperature", "lengths", "clip_ratio", "optimizer", "timing", "memory"}
+    expected |= {f"ledger_{run.name}" for run in runs}  # the prompt ledger's view, one per run
     assert set(record["figures"]) == {f"{name}.png" for name in expected}
     for name in record["figures"]:
         assert (tmp_path / "curves" / name).read_bytes()[:4] == b"\x89PNG"
     assert set(figures_in_report(result.html, tmp_path / "curves")) == set(record["figures"])
     assert_clean_report(result.html)
+    fates = read(tmp_path / "curves" / "ledger.json")
+    for run, label in zip(runs, fates):  # every prompt of the run's prompts.jsonl has exactly one fate
+        prompts = {json.loads(line)["prompt_id"] for line in (run / "prompts.jsonl").read_text().splitlines()}
+        assert sum(fates[label].values()) == len(prompts) > 0
+    assert result.html.read_text().count("pass_rate_at_step") == len(runs)
 
 
 @pytest.mark.slow

@@ -176,6 +176,9 @@ def test_plot_timing_area_and_bar(tmp_path):
     with pytest.raises(ValueError, match="kind"):
         plots.plot_timing(df, kind="pie")
     bar.savefig(tmp_path / "t.png")
+    wasted = plots.plot_timing(df.assign(**{"timing/generate_wasted": 1.0}))  # a part of timing/generate
+    legend = [t.get_text() for t in wasted.axes[0].get_legend().get_texts()]
+    assert len(wasted.axes[0].collections) == 4 and "generate" in legend and "generate_wasted" not in legend
 
 
 def _eval_df():

@@ -36,6 +36,7 @@ SOLUTIONS = {
     "detection": [DETECTION_GT, "[]", "junk", '[{"bbox_2d": [0, 0, 1, NaN]}]'],
     "detection_iou": [DETECTION_GT, "[]", "junk", '[{"bbox_2d": [0, 0, 1, NaN]}]'],
     "math": ["0.5", "x^2+1", "", "Paris", "1" * 2000],
+    "soft_overlong": ["x", None],  # reads the completion's token ids only
 }
 
 NUMBERS = st.one_of(
@@ -87,6 +88,7 @@ def test_any_completion_gives_a_finite_reward_in_range(name, text, conversationa
         "box_convention": [data.draw(st.sampled_from(BOX_CONVENTIONS), label="box_convention")],
         "image_width": [data.draw(SIZES, label="width")],
         "image_height": [data.draw(SIZES, label="height")],
+        "completion_ids": [list(range(data.draw(st.integers(0, 40), label="tokens")))],  # as TRL passes them
     }
     check(name, [completion], [solution], **kwargs)
 
@@ -109,7 +111,7 @@ HUGE = [
 
 @pytest.mark.parametrize("name", sorted(REWARDS))
 def test_huge_completions(name):
-    check(name, HUGE, [SOLUTIONS[name][0]] * len(HUGE))
+    check(name, HUGE, [SOLUTIONS[name][0]] * len(HUGE), completion_ids=[[7] * len(h) for h in HUGE])
 
 
 def test_batches_keep_order():
@@ -128,7 +130,8 @@ def test_rewards_pickle():
     for name, reward in REWARDS.items():
         clone = pickle.loads(pickle.dumps(reward))
         args = ["<answer>3</answer>"], [SOLUTIONS[name][0]]
-        assert clone.__name__ == name and clone(*args) == reward(*args)
+        kwargs = {"completion_ids": [[1, 2, 3]]}
+        assert clone.__name__ == name and clone(*args, **kwargs) == reward(*args, **kwargs)
 
 
 @pytest.mark.parametrize(

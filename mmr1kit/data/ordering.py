@@ -7,7 +7,12 @@ sharding hands each group's completions to the right processes. Only the order o
 - `random`: a seeded permutation (TRL's default);
 - `sequential`: file order;
 - `curriculum`: easy to hard by the row's `difficulty` (ties in file order);
-- `reverse_curriculum`: hard to easy.
+- `reverse_curriculum`: hard to easy;
+- `online`: drawn at every generation round by `draw_prompts` with weight `p (1 - p)` from the prompt ledger's pass
+  rates (`mmr1kit.ledger`), unseen prompts first. The trainer draws them (`mmr1kit.signal.DynamicSampling`), not the
+  dataloader: a sampler is iterated ahead of training (accelerate prefetches a batch, transformers fetches a whole
+  accumulation window), so its draws would see the ledger late, by an amount that depends on the batch layout, and a
+  resumed run could not redraw them. The dataloader's rows are then placeholders (file order).
 
 MMR1 implemented ordering as a `SequentialSampler` over a pre-sorted copy of the dataset, which its mini-batch merge
 silently replaced by a random sampler (mmr1-spec §5, §15.20). Here ordering is the sampler itself.
@@ -16,7 +21,8 @@ silently replaced by a random sampler (mmr1-spec §5, §15.20). Here ordering is
 import torch
 from trl.trainer.utils import RepeatSampler
 
-ORDERS = ("random", "sequential", "curriculum", "reverse_curriculum")
+ORDERS = ("random", "sequential", "curriculum", "reverse_curriculum", "online")
+ONLINE_FLOOR = 0.01  # added to p (1 - p): a prompt every completion solves (or fails) is still revisited, rarely
 
 
 def prompt_order(order: str, difficulties=None, n: int | None = None, seed: int = 0) -> list[int]:
@@ -33,7 +39,7 @@ def prompt_order(order: str, difficulties=None, n: int | None = None, seed: int 
     n = len(difficulties) if difficulties is not None else n
     if order == "random":
         return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    if order == "sequential":
+    if order in ("sequential", "online"):  # online: placeholders, the trainer draws the prompts (see above)
         return list(range(n))
     if difficulties is None or any(d is None for d in difficulties):
         missing = n if difficulties is None else sum(d is None for d in difficulties)
@@ -67,3 +73,36 @@ class OrderedRepeatSampler(RepeatSampler):
                 for index in chunk:
                     for _ in range(self.mini_repeat_count):
                         yield index
+
+
+def draw_prompts(n: int, k: int, generator: torch.Generator, pass_rates=None, exclude=()) -> list[int]:
+    """Draw `k` distinct prompt indexes out of `n`, avoiding `exclude` while enough others remain.
+
+    Without `pass_rates`: uniformly at random. With `pass_rates` (one per prompt, `None` for a prompt never seen, as
+    `PromptLedger.pass_rates` gives them): the `online` order. Unseen prompts come first, in random order; the rest are
+    drawn without replacement with weight `p (1 - p) + ONLINE_FLOOR`, largest for prompts solved about half the time,
+    whose groups carry the most signal.
+
+    Args:
+        n (`int`): Number of prompts in the dataset.
+        k (`int`): Prompts to draw (`k <= n`).
+        generator (`torch.Generator`): The only source of randomness: the same generator state draws the same prompts.
+        pass_rates (`list[float | None]`, *optional*): Latest pass rate of each prompt.
+        exclude (`set[int]`, *optional*): Prompts already drawn; used only when fewer than `k` others remain.
+    """
+    if not 0 < k <= n:
+        raise ValueError(f"cannot draw {k} distinct prompts out of {n}")
+    pool = [i for i in range(n) if i not in exclude]
+    if len(pool) < k:
+        pool = list(range(n))
+    if pass_rates is None:
+        return [pool[i] for i in torch.randperm(len(pool), generator=generator)[:k].tolist()]
+    unseen = [i for i in pool if pass_rates[i] is None]
+    first = [unseen[i] for i in torch.randperm(len(unseen), generator=generator)[:k].tolist()]
+    seen = [i for i in pool if pass_rates[i] is not None]
+    if len(first) == k or not seen:
+        return first
+    p = torch.tensor([float(pass_rates[i]) for i in seen], dtype=torch.float64).nan_to_num(0.0).clamp(0.0, 1.0)
+    weights = p * (1 - p) + ONLINE_FLOOR
+    picked = torch.multinomial(weights, k - len(first), replacement=False, generator=generator)
+    return first + [seen[i] for i in picked.tolist()]

@@ -17,7 +17,7 @@ smoothed come from `labels.METRICS`.
 
 Modules: `curves` (any metric per step, rewards with std bands), `diagnostics` (KL estimators, entropy, temperature,
 lengths, timing), `memory` (peak memory per phase), `evaluation` (accuracy per group, outcomes with intervals, paired
-differences, sweeps), `rollouts` (the rollout gallery), `objective` (the objective lab's replays), `labels` (what each metric is called), `figure` (the figure
+differences, sweeps), `rollouts` (the rollout gallery), `ledger` (what became of each training prompt), `objective` (the objective lab's replays), `labels` (what each metric is called), `figure` (the figure
 class, `save_figure` and shared axis helpers). Everything public is importable from here.
 """
 
@@ -34,6 +34,7 @@ from mmr1kit.plots.figure import NOT_LOGGED as NOT_LOGGED
 from mmr1kit.plots.figure import _Figure as _Figure
 from mmr1kit.plots.figure import save_figure
 from mmr1kit.plots.labels import metric_info, reward_bounds
+from mmr1kit.plots.ledger import plot_prompt_fates
 from mmr1kit.plots.memory import plot_memory
 from mmr1kit.plots.objective import (
     plot_estimators_vs_exact,
@@ -57,6 +58,7 @@ __all__ = [
     "plot_metrics",
     "plot_outcomes",
     "plot_paired_differences",
+    "plot_prompt_fates",
     "plot_rewards",
     "plot_sweep",
     "plot_temperature",

@@ -25,6 +25,7 @@ KL_LINES = {
 }
 KL_KEYS = tuple(KL_LINES)
 TIMING_ORDER = ("timing/generate", "timing/score", "timing/ref", "timing/policy", "timing/record")
+TIMING_PARTS = ("timing/generate_wasted",)  # a part of another phase (timing/generate), never stacked on top of it
 
 
 def _run_lines(runs, panels, *, smooth_window: int, show_raw: bool) -> None:
@@ -162,8 +163,8 @@ def plot_timing(df, *, kind: str = "area", normalize: bool = False, title=None, 
     """Where each step's time goes: the `timing/*` columns stacked, with `step_time` as a black line.
 
     Columns are stacked in pipeline order (`timing/generate`, `timing/score`, `timing/ref`, `timing/policy`,
-    `timing/record`, then any other `timing/*`); a phase missing at a step counts as 0 there, and steps with no
-    timing at all are left out. The gap between the stack and `step_time` is time no phase accounts for.
+    `timing/record`, then any other `timing/*` but the parts of a phase, `TIMING_PARTS`); a phase missing at a step
+    counts as 0 there, and steps with no timing at all are left out. The gap between the stack and `step_time` is time no phase accounts for.
 
     Args:
         df (`pd.DataFrame` or `dict[str, pd.DataFrame]`):
@@ -185,7 +186,8 @@ def plot_timing(df, *, kind: str = "area", normalize: bool = False, title=None, 
     for ax, (label, run) in zip(axes, runs.items()):
         ax.set_title("Time per step by phase" + ("" if label is None else f" — {label}"), fontsize="medium")
         cols = [c for c in TIMING_ORDER if c in run.columns]
-        cols += sorted(c for c in map(str, run.columns) if c.startswith("timing/") and c not in cols)
+        cols += sorted(c for c in map(str, run.columns)
+                       if c.startswith("timing/") and c not in cols and c not in TIMING_PARTS)
         x = _steps(run, label)
         t = run[cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float, na_value=np.nan) if cols else None
         keep = np.isfinite(x) & (np.isfinite(t).any(axis=1) if cols else False)

@@ -20,8 +20,11 @@ total: any completion string gives a finite float in the documented range, never
 | `detection`              | [0, 1]   | `detection`  |                                  |
 | `detection_iou`          | [0, 1]   | `detection`  |                                  |
 | `math`                   | {0, 1}   | `math`       |                                  |
+| `soft_overlong`          | [−1, 0]  | `length`     | (DAPO's overlong penalty; TRL's) |
 
 Parameterized variants come from factories: `make_count_accuracy`, `make_ocr_reward`, `make_detection_reward`.
+`soft_overlong` depends on the run's lengths: `get_reward_funcs(names, config)` builds it from `max_completion_length`
+and `soft_punish_cache`; the registry's instance uses `MMR1Config`'s defaults (16 and 4).
 """
 
 from collections.abc import Callable
@@ -36,6 +39,7 @@ from .counting import (
 from .detection import detection_iou_reward, detection_reward, make_detection_reward, validate_detection_solution
 from .format import answer_format_reward, format_reward
 from .grounding import iou_reward, perpo_iou_reward, validate_grounding_solution
+from .length import SoftOverlong
 from .math import math_reward, validate_math_solution
 from .ocr import anls_reward, make_ocr_reward, ocr_reward, validate_ocr_solution
 
@@ -64,10 +68,12 @@ REWARDS: dict[str, Callable[..., list[float]]] = {
     "detection": detection_reward,
     "detection_iou": detection_iou_reward,
     "math": math_reward,
+    "soft_overlong": SoftOverlong(),
 }
 
 # The documented output range (min, max) of every reward in `REWARDS`.
-REWARD_RANGES: dict[str, tuple[float, float]] = {name: (0.0, 1.0) for name in REWARDS} | {"perpo_iou": (-1.0, 1.0)}
+REWARD_RANGES: dict[str, tuple[float, float]] = {name: (0.0, 1.0) for name in REWARDS} | {
+    "perpo_iou": (-1.0, 1.0), "soft_overlong": (-1.0, 0.0)}
 
 # MMR1's registry names (HEAD, `mmr1-spec.md` §6.1) → ours.
 ALIASES: dict[str, str] = {
@@ -86,9 +92,10 @@ SOLUTION_VALIDATORS: dict[str, Callable[[object], None]] = {
 }
 
 
-def get_reward_funcs(names: list[str]) -> list[Callable[..., list[float]]]:
+def get_reward_funcs(names: list[str], config=None) -> list[Callable[..., list[float]]]:
     """
-    The reward functions called `names`, in order; MMR1's names (`ALIASES`) are accepted.
+    The reward functions called `names`, in order; MMR1's names (`ALIASES`) are accepted. With a `config`
+    (`MMR1Config`), `soft_overlong` uses its `max_completion_length` and `soft_punish_cache`.
 
     Raises:
         ValueError: A name is neither in `REWARDS` nor in `ALIASES`; the message lists the valid names.
@@ -99,7 +106,11 @@ def get_reward_funcs(names: list[str]) -> list[Callable[..., list[float]]]:
             f"Unknown reward function(s) {unknown}; valid names are {', '.join(REWARDS)} "
             f"and MMR1's aliases {', '.join(ALIASES)}."
         )
-    return [REWARDS[ALIASES.get(n, n)] for n in names]
+    funcs = [REWARDS[ALIASES.get(n, n)] for n in names]
+    if config is not None:
+        funcs = [SoftOverlong(config.max_completion_length, config.soft_punish_cache)
+                 if isinstance(f, SoftOverlong) else f for f in funcs]
+    return funcs
 
 
 def validate_solution(task: str, solution: object) -> None:
