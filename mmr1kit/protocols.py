@@ -112,7 +112,7 @@ PROTOCOLS: dict[str, Protocol] = {
         decoding=Decoding(do_sample=True, temperature=1.0),
         source="mmr1kit.evaluate",
         notes="The training prompt and parser with one sample at temperature 1 per example, as GRPO's rollouts "
-              "decode: sampled accuracy moves before greedy accuracy does (learning-feasibility.md). Two "
+              "decode, so it measures what the training reward sees. Two "
               "evaluations with different seeds differ by sampling noise alone.",
     ),
     "mmr1_counting": Protocol(
@@ -125,7 +125,7 @@ PROTOCOLS: dict[str, Protocol] = {
         source=f"{MMR1}/a2f8a034998688c2b90cc16592f44578e02513cd/eval/evaluate_counting.py",
         notes="Identical to R1-V's src/eval/test_qwen2vl_counting_superclevr.py (same prompt, regex, 256 greedy "
               "tokens). MMR1's dev_lkh branch drops 'First' from the prompt and its weak extractor shadows the "
-              "strict one (a bug, mmr1-spec §15.19): not reproduced.",
+              "strict one (a bug, docs/mmr1.md known bug 12): not reproduced.",
     ),
     "mmr1_mathvista": Protocol(
         name="mmr1_mathvista",

@@ -3,7 +3,7 @@
 A schedule maps the optimizer step to the sampling temperature of the next generation round. It is a pure
 function of plain numbers (no torch); a trainer callback evaluates it and sets the temperature.
 
-Differences from MMR1 (see `mmr1-spec.md` §4 and §15.7):
+Differences from MMR1 (see its `src/open_r1/trainer/grpo_trainer_vllm.py`, and `docs/mmr1.md`, known bug 4):
 
 1. `step` and `total_steps` count **optimizer steps**: the trainer passes the step about to run
    (`0 .. max_steps - 1`) and `total_steps = max_steps - 1`, so the first step samples at `begin` and the last at

@@ -12,6 +12,11 @@ OUTSIDE = re.compile("|".join(re.escape(p) for p in (
     "../" + "shared", "/work/" + "shared", "shared/" + "research", "shared/" + "seed",
     "research/" + "learning-feasibility", "research/" + "peers",
 )))
+# The MMR1 specification and research notes the project was written from are private: cite MMR1's own source files or `docs/mmr1.md`.
+PRIVATE = re.compile("|".join(re.escape(p) for p in (
+    "mmr1-" + "spec", "spec" + " §", "learning-" + "feasibility", "trl-1.16-" + "on-cpu", "vllm-" + "cpu.md",
+    "style-" + "anchors",
+)))
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")  # [text](target), anchors dropped
 
 
@@ -36,6 +41,19 @@ def test_no_committed_file_references_a_path_outside_the_repository():
             if OUTSIDE.search(line):
                 found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:100]}")
     assert not found, "references outside the repository:\n" + "\n".join(found)
+
+
+def test_no_committed_file_cites_the_private_specification():
+    this = Path(__file__).resolve()
+    found = []
+    for path in committed_text_files():
+        if path.resolve() == this:
+            continue
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+            if PRIVATE.search(line):
+                found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:100]}")
+    assert not found, ("citations of the private specification (cite MMR1's source or docs/mmr1.md):\n"
+                       + "\n".join(found))
 
 
 def test_relative_links_of_the_documents_resolve_inside_the_repository():

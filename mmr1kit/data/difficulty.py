@@ -1,8 +1,9 @@
 """Measure a dataset's difficulty as the starting model's failure rate, and store it for `order_dataset="curriculum"`.
 
 MMR1 built its curriculum by sampling one answer per row from the base model, scoring it with the task's reward and
-sorting by that score (mmr1-spec §5). Here the difficulty is `1 - pass rate` over `num_samples` samples, which is
-less noisy, and it is stored in the rows' `difficulty` field, the field the curriculum sampler reads.
+sorting by that score (MMR1's `inference/qwen2_vl_2b_groundingdata.py`, `9c86f29`). Here the difficulty is
+`1 - pass rate` over `num_samples` samples, which is less noisy, and it is stored in the rows' `difficulty` field,
+the field the curriculum sampler reads.
 """
 
 import json

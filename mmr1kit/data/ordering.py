@@ -15,7 +15,7 @@ sharding hands each group's completions to the right processes. Only the order o
   resumed run could not redraw them. The dataloader's rows are then placeholders (file order).
 
 MMR1 implemented ordering as a `SequentialSampler` over a pre-sorted copy of the dataset, which its mini-batch merge
-silently replaced by a random sampler (mmr1-spec §5, §15.20). Here ordering is the sampler itself.
+silently replaced by a random sampler (`docs/mmr1.md`, known bug 13). Here ordering is the sampler itself.
 """
 
 import torch

@@ -75,7 +75,7 @@ REWARDS: dict[str, Callable[..., list[float]]] = {
 REWARD_RANGES: dict[str, tuple[float, float]] = {name: (0.0, 1.0) for name in REWARDS} | {
     "perpo_iou": (-1.0, 1.0), "soft_overlong": (-1.0, 0.0)}
 
-# MMR1's registry names (HEAD, `mmr1-spec.md` §6.1) → ours.
+# MMR1's registry names (HEAD, its `src/open_r1/constants.py`) → ours.
 ALIASES: dict[str, str] = {
     "r1v_acc": "accuracy",
     "r1v_format": "format",

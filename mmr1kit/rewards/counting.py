@@ -1,6 +1,6 @@
 r"""Answer rewards for counting and short-answer tasks: `accuracy` (MMR1's `r1v_acc`) and `count_accuracy`.
 
-Differences from MMR1's `accuracy_reward` (`mmr1-spec.md` §6.2):
+Differences from MMR1's `accuracy_reward` (its `src/open_r1/rewards.py`):
 
 1. The answer is the last `<answer>` block (DOTALL), not the first single-line match of a regex without DOTALL.
 2. Numbers are compared as numbers (`"3.0"` equals `"<answer> 3 </answer>"`, `"1,000"` equals `"1000"`).

@@ -1,6 +1,6 @@
 r"""Format rewards: is the completion laid out as the prompt asked?
 
-Differences from MMR1 (`mmr1-spec.md` §6.3, §15.13):
+Differences from MMR1 (its `src/open_r1/rewards.py`; `docs/mmr1.md`, known bug 9):
 
 1. MMR1's `think_format_reward` used `re.match(r"^<think>.*?</think><answer>.*?</answer>$", content)` without
    `re.DOTALL`, so any newline inside the tags failed, and it allowed no whitespace between `</think>` and `<answer>`.

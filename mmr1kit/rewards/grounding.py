@@ -8,7 +8,7 @@ The predicted box is the first box of `parse_boxes(extract_answer(completion), b
   with `to_pixels` using the row's image size (`image_width`/`image_height`, else `width`/`height`, else the
   `image` column's `.size`). Without a size the prediction counts as unparsable.
 
-Differences from MMR1's `perpo_reward` (`mmr1-spec.md` §6.4, §15.3, §15.18):
+Differences from MMR1's `perpo_reward` (its `src/open_r1/rewards.py`; `docs/mmr1.md`, known bugs 2 and 11):
 
 1. No `eval()`: solutions and predictions are parsed with `json`, `ast.literal_eval` and regexes.
 2. The box may stand anywhere in the answer, in any format of `parse_boxes`; MMR1 required the whole completion to be

@@ -16,7 +16,7 @@ Guards:
    product `P*a*r*i*s` and would equal `Pairs`.
 
 MMR1's `accuracy_reward` ran `parse` on the whole completion, `<think>` included, with no time limit
-(`mmr1-spec.md` §6.2); here only the extracted answer is parsed.
+(its `src/open_r1/rewards.py`); here only the extracted answer is parsed.
 """
 
 import logging

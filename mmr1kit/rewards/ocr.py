@@ -4,7 +4,7 @@ Both use the character Levenshtein distance of `rapidfuzz`, normalized by the lo
 `NL(a, b) = Levenshtein(a, b) / max(len(a), len(b))` (0 when both are empty). rapidfuzz runs in
 `O(len(a) * len(b) / 64)`, so a huge completion against a short solution stays fast.
 
-Differences from MMR1 (`mmr1-spec.md` §6.5, §15.4):
+Differences from MMR1 (its `src/open_r1/rewards.py`; `docs/mmr1.md`, known bug 3):
 
 1. Only the edit distance is computed (MMR1 also computed BLEU, METEOR, F-measure, precision and recall, never used
    them, and scored 0 when any of them raised, e.g. for a missing nltk wordnet).
