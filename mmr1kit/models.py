@@ -39,13 +39,36 @@ DEFAULT_SIZE = dict(
 )
 
 
+# The prompts the tokenizer is trained on, frozen here rather than read from `mmr1kit.data.templates`: the BPE
+# vocabulary (and with it the tiny model's token ids, its weights and every result recorded with it) must not change
+# when a template is added or edited. Reading the registry did exactly that: making MMR1's grounding prompt verbatim
+# (two missing spaces) added a BPE token, shifted the special-token ids, and moved the demo from 86.0% to 82.4%.
+# Any text still tokenizes: byte-level BPE covers every byte.
+TOKENIZER_PROMPTS = (
+    "You are a helpful assistant. ",
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the user's questions.",
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The "
+    "assistant first thinks about the reasoning process in the mind and then provides the user with the answer. "
+    "The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> tags, "
+    "respectively, i.e., <think> reasoning process here </think><answer> answer here </answer>",
+    "You are given an image. You should ocr the image and output the text in the image without other output.",
+    "You are given an image and an object to box in text. You should output the bounding box of the object, which "
+    "should only be a list of floats. Here is an example of what you should output: [x_min, y_min, x_max, y_max]. "
+    "Please mind directly to output the list, do not add any other text.",
+    "How many?",
+    "How many? Output the thinking process in <think> </think> and final answer (number) in <answer> </answer> tags.",
+    "How many? Output the final answer (number) in <answer> </answer> tags.",
+    "Output the bounding box of the How many? in the image.",
+)
+
+
 def _corpus() -> list[str]:
     """Sentences that cover the prompts, answers and boxes of mmr1kit's tasks, for training the BPE tokenizer."""
-    from mmr1kit.data.templates import QUESTION_TEMPLATES, SYSTEM_PROMPTS
-
     colours = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white", "gray"]
     shapes = ["circle", "circles", "square", "squares", "triangle", "triangles", "object", "objects"]
-    lines = list(SYSTEM_PROMPTS.values()) + [t.format(question="How many?") for t in QUESTION_TEMPLATES.values()]
+    # "" and the default prompt twice: the registry's order when the demo's results were recorded (BPE counts pairs)
+    lines = ["", TOKENIZER_PROMPTS[0], *TOKENIZER_PROMPTS]
     for c in colours:
         for s in shapes:
             lines.append(f"How many {c} {s} are there? Answer as <answer>N</answer>.")
@@ -162,9 +185,11 @@ def cache_lock(entry):
 def tiny_vlm(seed: int = 0, arch: str = "qwen2_5_vl", **size) -> Path:
     """Return the path of a tiny model with these parameters, building it once and reusing it afterwards.
 
-    The cache key hashes the build parameters and this file's builder version, so a change of either rebuilds.
+    The cache key hashes the build parameters, the tokenizer's corpus and this file's builder version, so a change of
+    any of them rebuilds.
     """
-    params = {"seed": seed, "arch": arch, **DEFAULT_SIZE, **size, "version": 2}
+    corpus = hashlib.sha256("\n".join(_corpus()).encode()).hexdigest()[:12]
+    params = {"seed": seed, "arch": arch, **DEFAULT_SIZE, **size, "corpus": corpus, "version": 2}
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     path = cache_dir() / "models" / f"tiny-{arch}-{key}"
     if not (path / "config.json").exists():

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import subprocess
@@ -63,6 +64,33 @@ def test_build_is_deterministic_per_seed(tmp_path):
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
     assert (a / "model.safetensors").read_bytes() != (c / "model.safetensors").read_bytes()
     assert json.loads((a / "mmr1kit_build.json").read_text())["initializer_range"] == 0.1
+
+
+def vocabulary_fingerprint(tok) -> str:
+    return hashlib.sha256(json.dumps(sorted(tok.get_vocab().items())).encode()).hexdigest()[:16]
+
+
+def test_tokenizer_is_pinned_and_independent_of_the_template_registry(monkeypatch):
+    """The demo's recorded results belong to one tiny model: its vocabulary must not move when a template does."""
+    from mmr1kit.data import templates
+
+    tok = models.build_tokenizer()
+    # the vocabulary the demo's and benchmarks' results were measured with (<|image_pad|> = 699)
+    assert (len(tok), tok.convert_tokens_to_ids("<|image_pad|>"), vocabulary_fingerprint(tok)) == (
+        706, 699, "e5a2f44b630ceb36"), "the tiny model's tokenizer changed: re-measure the README's demo figures"
+    monkeypatch.setitem(templates.SYSTEM_PROMPTS, "grounding", "Box it.You should output floats.Here: [x1, y1].")
+    monkeypatch.setitem(templates.QUESTION_TEMPLATES, "new", "{question} Think step by step, then answer.")
+    assert vocabulary_fingerprint(models.build_tokenizer()) == vocabulary_fingerprint(tok)
+
+
+def test_cache_key_covers_the_tokenizer_corpus(monkeypatch, tmp_path):
+    monkeypatch.setenv("MMR1KIT_CACHE", str(tmp_path))
+    before = models.tiny_vlm(hidden_size=32, vision_hidden_size=32)
+    monkeypatch.setattr(models, "TOKENIZER_PROMPTS", (*models.TOKENIZER_PROMPTS, "Count the shapes, then box them."))
+    after = models.tiny_vlm(hidden_size=32, vision_hidden_size=32)
+    assert after != before  # a stale cache never serves a model of another vocabulary
+    vocab = (json.loads((p / "tokenizer.json").read_text())["model"]["vocab"] for p in (before, after))
+    assert next(vocab) != next(vocab)
 
 
 def test_cache_builds_once(qwen_path):
