@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# Build the tiny model, warm-start it, train it with GRPO and write the report to runs/demo/ (about 4.5 min).
+# Build the tiny model, warm-start it, train it with GRPO and write the report to runs/demo/ (about 3.5 min).
 # A previous demo is moved aside to runs/demo.old-<time> (one run per folder).
 demo: $(STAMP)
 	$(BIN)/mmr1kit run notebooks/01_train_grpo.ipynb -f configs/demo.yaml --run-dir runs/demo --overwrite

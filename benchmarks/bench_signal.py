@@ -102,7 +102,8 @@ def run_seed(seed: int, params: dict, args, workdir: Path) -> dict:
     from mmr1kit.config import MMR1Config
     from mmr1kit.data import load_dataset
     from mmr1kit.data.synthetic import undercount_labels
-    from mmr1kit.trainer import MMR1Trainer, resolve_model
+    from mmr1kit.models import resolve_model
+    from mmr1kit.trainer import MMR1Trainer
     from mmr1kit.warmstart import warm_start
 
     fields = MMR1Config.field_names()

@@ -102,7 +102,7 @@ def shipped_configs() -> list[str]:
 def config_location(name_or_path: str) -> str:
     """Where the config of `name_or_path` is read from: a folder path, or the hub id itself."""
     if str(name_or_path).startswith("tiny"):  # "tiny", "tiny-llava", ...: mmr1kit's offline models, built once
-        from mmr1kit.trainer import resolve_model
+        from mmr1kit.models import resolve_model
 
         name_or_path = resolve_model(name_or_path)
     path = Path(name_or_path)

@@ -109,8 +109,7 @@ def dataset_task(dataset) -> str:
 
 
 def _load(model_or_path, processor, device, min_pixels, max_pixels):
-    from mmr1kit.models import load_policy, load_processor
-    from mmr1kit.trainer import resolve_model
+    from mmr1kit.models import load_policy, load_processor, resolve_model
 
     if hasattr(model_or_path, "generate"):
         model = model_or_path

@@ -15,12 +15,14 @@ the reference. With `r = pi_ref(y) / pi_theta(y) = exp(ref_logp - logp)`:
 
 Differences from MMR1 (see its `src/open_r1/trainer/grpo_trainer_vllm.py`, and `docs/mmr1.md`, known bugs 5 and 10):
 
-1. Both spellings of the Kimi names are accepted (`kimikl`/`kimi`, `fullkimi`/`kimifull`); MMR1 crashed on the README's.
+Differences from MMR1 (its `src/open_r1/trainer/grpo_trainer_vllm.py`; `docs/mmr1.md`, known bugs 5 and 10):
 2. `kimi_loss` is Kimi k1.5's sequence-level surrogate with `-A * log pi`, not MMR1's per-token `-A * exp(logp)`.
 3. `exact` is new: the full-distribution KL, computed in vocabulary chunks.
 
 No clamping of the log-ratio is applied (verl clamps k3 to [-10, 10]); callers that need it clamp the result.
 """
+
+import contextlib
 
 import torch
 
@@ -295,3 +297,30 @@ def exact_from_hidden(
             ref_logp = (linear(r, ref_weight) / temperature).float().log_softmax(-1)
             entropies.append(-(ref_logp.exp() * ref_logp).sum(-1))
     return torch.cat(kls).view(B, T), torch.cat(entropies).view(B, T)
+
+
+@contextlib.contextmanager
+def capture_hidden(model, logits_to_keep: int, enabled: bool = True):
+    """Keep the backbone's final hidden states `(B, T, H)` at the positions predicting the last `logits_to_keep`
+    tokens, over every forward of `model` inside the block (chunks concatenated), in `captured["value"]`.
+
+    TRL's fused LM head runs `model.base_model` and projects its `last_hidden_state`; the hook sees exactly that.
+    """
+    captured = {}
+    if not enabled:
+        yield captured
+        return
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    chunks = []
+
+    def hook(_module, _args, output):
+        states = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        chunks.append(states[:, -logits_to_keep - 1 : -1])
+
+    handle = model.base_model.register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+        if chunks:
+            captured["value"] = torch.cat(chunks)

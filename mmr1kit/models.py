@@ -46,16 +46,22 @@ DEFAULT_SIZE = dict(
 # Any text still tokenizes: byte-level BPE covers every byte.
 TOKENIZER_PROMPTS = (
     "You are a helpful assistant. ",
-    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
-    "detailed, and polite answers to the user's questions.",
-    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The "
-    "assistant first thinks about the reasoning process in the mind and then provides the user with the answer. "
-    "The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> tags, "
-    "respectively, i.e., <think> reasoning process here </think><answer> answer here </answer>",
+    (
+        "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+        "detailed, and polite answers to the user's questions."
+    ),
+    (
+        "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The "
+        "assistant first thinks about the reasoning process in the mind and then provides the user with the answer. "
+        "The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> tags, "
+        "respectively, i.e., <think> reasoning process here </think><answer> answer here </answer>"
+    ),
     "You are given an image. You should ocr the image and output the text in the image without other output.",
-    "You are given an image and an object to box in text. You should output the bounding box of the object, which "
-    "should only be a list of floats. Here is an example of what you should output: [x_min, y_min, x_max, y_max]. "
-    "Please mind directly to output the list, do not add any other text.",
+    (
+        "You are given an image and an object to box in text. You should output the bounding box of the object, which "
+        "should only be a list of floats. Here is an example of what you should output: [x_min, y_min, x_max, y_max]. "
+        "Please mind directly to output the list, do not add any other text."
+    ),
     "How many?",
     "How many? Output the thinking process in <think> </think> and final answer (number) in <answer> </answer> tags.",
     "How many? Output the final answer (number) in <answer> </answer> tags.",
@@ -197,6 +203,17 @@ def tiny_vlm(seed: int = 0, arch: str = "qwen2_5_vl", **size) -> Path:
             if not (path / "config.json").exists():
                 build_tiny_vlm(path, seed=seed, arch=arch, **size)
     return path
+
+
+def resolve_model(name_or_path: str) -> str:
+    """`"tiny"` / `"tiny-<model_type>"` (e.g. `"tiny-llava"`, `"tiny-gemma3"`; `mmr1kit.families.FAMILIES`) → the
+    cached tiny model's folder; anything else is returned as given."""
+    if name_or_path == "tiny":
+        return str(tiny_vlm())
+    arch = str(name_or_path).removeprefix("tiny-")
+    if str(name_or_path).startswith("tiny-") and arch in ARCHITECTURES:
+        return str(tiny_vlm(arch=arch))
+    return str(name_or_path)
 
 
 def load_processor(name_or_path, min_pixels: int | None = None, max_pixels: int | None = None):

@@ -273,3 +273,16 @@ class ProcessedLogprobs:
             torch.stack([((~kept) & mask.bool()).sum(), mask.sum()]).double(), reduction="sum")
         mode = "train" if t.model.training else "eval"
         t._metrics[mode]["sampling/outside_truncation"].append(float(counts[0] / counts[1].clamp(min=1)))
+
+
+def set_fused_head_temperature(model, temperature: float) -> None:
+    """Change the temperature captured by TRL's fused LM head (`trl.trainer.utils.add_fused_lm_head`).
+
+    The head divides the logits by a closure variable. Re-calling `add_fused_lm_head` would nest one wrapper per step,
+    so the closure cell is rewritten instead. Does nothing on a model without the fused head.
+    """
+    func = getattr(getattr(model, "forward", None), "__func__", None)
+    code = getattr(func, "__code__", None)
+    if code is None or "temperature" not in code.co_freevars:
+        return
+    func.__closure__[code.co_freevars.index("temperature")].cell_contents = float(temperature)

@@ -7,7 +7,7 @@ Differences from MMR1 (see its `src/open_r1/trainer/grpo_trainer_vllm.py`, and `
 
 1. `step` and `total_steps` count **optimizer steps**: the trainer passes the step about to run
    (`0 .. max_steps - 1`) and `total_steps = max_steps - 1`, so the first step samples at `begin` and the last at
-   `end` (`mmr1kit.trainer.TemperatureCallback`). MMR1 HEAD used
+   `end` (`mmr1kit.callbacks.TemperatureCallback`). MMR1 HEAD used
    `len(train_dataset) * num_generations // per_device_train_batch_size`, a count of samples per device, so a
    linear schedule covered only `1 / (num_processes * gradient_accumulation_steps)` of its range in one epoch
    (7 GPUs x GA 2: 0.1 rose to about 0.16 instead of 1.0).

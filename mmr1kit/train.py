@@ -21,8 +21,9 @@ from pathlib import Path
 
 from mmr1kit.config import MMR1Config
 from mmr1kit.data import load_dataset
-from mmr1kit.plan import warn_if_unfit
 from mmr1kit.interrupt import TrainingInterrupted
+from mmr1kit.models import resolve_model
+from mmr1kit.plan import warn_if_unfit
 from mmr1kit.run_folder import (  # resolve_resume, checkpoint_step: importable from here, as before
     check_resume_step,
     checkpoint_step,
@@ -35,7 +36,7 @@ from mmr1kit.run_folder import (  # resolve_resume, checkpoint_step: importable 
     start_run,
 )
 from mmr1kit.scale import check_pixel_bounds, check_vllm_server, vllm_server_url
-from mmr1kit.trainer import MMR1Trainer, resolve_model
+from mmr1kit.trainer import MMR1Trainer
 
 logger = logging.getLogger("mmr1kit.train")
 

@@ -11,7 +11,8 @@ It overrides as little as possible (design decision 1); each override says what 
   (`mmr1kit.phases`);
 - `_get_train_sampler`: `order_dataset` (`online` is drawn by `mmr1kit.signal`);
 - `_load_from_checkpoint`: resuming restores every weight (transformers' own path misses VLM key renames);
-- a callback sets the step's sampling temperature everywhere TRL uses it;
+- callbacks (`mmr1kit.callbacks`) set the step's sampling temperature everywhere TRL uses it and write the run
+  record;
 - `report_to`'s trackers get the run record's names and steps, and throttled rollout tables (`mmr1kit.trackers`);
 - hooks into `mmr1kit.capsules` (`capsule_every`: a step's batch, weights and optimizer state for `mmr1kit replay`);
 - hooks into `mmr1kit.sampling` (no vision token sampled; vLLM's importance ratio on one distribution) and, on vLLM's
@@ -24,28 +25,24 @@ random order, `encode_images_once=False`) the loss and gradients are exactly TRL
 with `encode_images_once` on (the default) they equal TRL's to float rounding.
 """
 
-import contextlib
-
 import torch
-from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
 from mmr1kit import advantages as mmr1_advantages
 from mmr1kit import capsules, kl
+from mmr1kit.callbacks import RunRecordCallback, TemperatureCallback
 from mmr1kit.data.ordering import OrderedRepeatSampler, prompt_order
 from mmr1kit.guards import NonFiniteGuard, NonFiniteTrainingError
 from mmr1kit.interrupt import raise_if_stopped, stop_on_interrupt
+from mmr1kit.kl import capture_hidden
 from mmr1kit.ledger import LedgerCallback, make_ledger
-from mmr1kit.models import freeze_vision_tower
+from mmr1kit.models import freeze_vision_tower, resolve_model
 from mmr1kit.phases import PhaseCallback, PhaseLog
 from mmr1kit.progress import use_text_progress
 from mmr1kit.rounds import round_record
-from mmr1kit.run_folder import check_resume_step, open_record, resolve_resume, resume_requested, start_run
-from mmr1kit.runs import RunRecorder
-from mmr1kit.sampling import ProcessedLogprobs, suppress_vision_tokens
+from mmr1kit.run_folder import check_resume_step, open_record, resolve_resume, start_run
+from mmr1kit.sampling import ProcessedLogprobs, set_fused_head_temperature, suppress_vision_tokens
 from mmr1kit.scale import feed_vllm_unexpanded_images, rollout_check
-from mmr1kit.schedules import temperature_at
 from mmr1kit.signal import DynamicSampling
 from mmr1kit.trackers import use_trackers
 from mmr1kit.video import VideoTrainerMixin
@@ -55,110 +52,6 @@ from mmr1kit.vllm_sync import use_cpu_weight_sync
 # Multimodal inputs TRL passes to the policy forward (see GRPOTrainer._compute_loss).
 MULTIMODAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes", "token_type_ids",
                    "mm_token_type_ids", "image_position_ids")
-
-
-def resolve_model(name_or_path: str) -> str:
-    """`"tiny"` / `"tiny-<model_type>"` (e.g. `"tiny-llava"`, `"tiny-gemma3"`; `mmr1kit.families.FAMILIES`) → the
-    cached tiny model's folder; anything else is returned as given."""
-    from mmr1kit.models import ARCHITECTURES, tiny_vlm
-
-    if name_or_path == "tiny":
-        return str(tiny_vlm())
-    arch = str(name_or_path).removeprefix("tiny-")
-    if str(name_or_path).startswith("tiny-") and arch in ARCHITECTURES:
-        return str(tiny_vlm(arch=arch))
-    return str(name_or_path)
-
-
-def set_fused_head_temperature(model, temperature: float) -> None:
-    """Change the temperature captured by TRL's fused LM head (`trl.trainer.utils.add_fused_lm_head`).
-
-    The head divides the logits by a closure variable. Re-calling `add_fused_lm_head` would nest one wrapper per step,
-    so the closure cell is rewritten instead. Does nothing on a model without the fused head.
-    """
-    func = getattr(getattr(model, "forward", None), "__func__", None)
-    code = getattr(func, "__code__", None)
-    if code is None or "temperature" not in code.co_freevars:
-        return
-    func.__closure__[code.co_freevars.index("temperature")].cell_contents = float(temperature)
-
-
-@contextlib.contextmanager
-def capture_hidden(model, logits_to_keep: int, enabled: bool = True):
-    """Keep the backbone's final hidden states `(B, T, H)` at the positions predicting the last `logits_to_keep`
-    tokens, over every forward of `model` inside the block (chunks concatenated), in `captured["value"]`.
-
-    TRL's fused LM head runs `model.base_model` and projects its `last_hidden_state`; the hook sees exactly that.
-    """
-    captured = {}
-    if not enabled:
-        yield captured
-        return
-    model = model.get_base_model() if hasattr(model, "get_base_model") else model
-    chunks = []
-
-    def hook(_module, _args, output):
-        states = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
-        chunks.append(states[:, -logits_to_keep - 1 : -1])
-
-    handle = model.base_model.register_forward_hook(hook)
-    try:
-        yield captured
-    finally:
-        handle.remove()
-        if chunks:
-            captured["value"] = torch.cat(chunks)
-
-
-class TemperatureCallback(TrainerCallback):
-    """Sets the sampling temperature of the coming optimizer step from `temperature_func` (logged as `temperature`).
-
-    Optimizer steps are numbered `0 .. max_steps - 1` here (`state.global_step` before the step), and the schedule runs
-    over `max_steps - 1` of them: the first step samples at `temperature_begin`, the last at `temperature_end`.
-    """
-
-    def __init__(self, trainer):
-        self.trainer = trainer
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        t = temperature_at(
-            args.temperature_func,
-            state.global_step,
-            max(state.max_steps - 1, 1),
-            temperature=args.temperature,
-            begin=args.temperature_begin,
-            end=args.temperature_end,
-        )
-        self.trainer.set_temperature(t)
-
-
-class RunRecordCallback(TrainerCallback):
-    """Appends every logged step to `metrics.jsonl`; the trainer's final summary goes to `summary.json`.
-
-    On a resumed run, rows that the dead process wrote after the checkpoint it resumes from (all of them when it
-    left no checkpoint) are dropped first, so every step is in the records exactly once.
-    """
-
-    def __init__(self, recorder: RunRecorder):
-        self.recorder = recorder
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        resumed = state.global_step > 0 or resume_requested(args.resume_from_checkpoint)  # state loaded before this
-        if state.is_world_process_zero and resumed:
-            self.recorder.truncate_after(state.global_step)
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            folder = f"{args.output_dir}/{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-            self.recorder.record_checkpoint(state.global_step, folder)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
-        if "train_runtime" in logs:
-            self.recorder.write_summary(**{f"train/{k}": v for k, v in logs.items()})
-        else:
-            self.recorder.log_metrics(state.global_step, logs)
 
 
 class MMR1Trainer(VisionCacheMixin, VideoTrainerMixin, GRPOTrainer):
@@ -487,7 +380,8 @@ class MMR1Trainer(VisionCacheMixin, VideoTrainerMixin, GRPOTrainer):
 
         Returns the local generation batch and, in training, the round's record for `mmr1kit.rounds.record_rounds`
         (rows, media, rewards, advantages, KL penalties and `filter_key` values of all processes; `None` in
-        evaluation). The capsule's tags (`mmr1kit.capsules.tag`) are added by `mmr1kit.signal` to the batch that trains.
+        evaluation). The capsule's tags (`mmr1kit.capsules.tag`) are added by `mmr1kit.signal` to the batch that
+        trains.
         """
         self._ref_hidden = None
         self.processed_logprobs.arm()

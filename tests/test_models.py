@@ -12,7 +12,6 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from mmr1kit import models
 
-
 MESSAGES = [
     {
         "role": "user",
@@ -41,7 +40,7 @@ def test_built_model_reloads_with_auto_classes_and_generates_with_two_images(arc
 
 
 def test_tiny_names_resolve_to_any_family():
-    from mmr1kit.trainer import resolve_model
+    from mmr1kit.models import resolve_model
 
     path = resolve_model("tiny-idefics3")
     assert json.loads((models.cache_dir() / "models" / path.split("/")[-1] / "config.json").read_text())[

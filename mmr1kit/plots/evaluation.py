@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from mmr1kit.plots.figure import _finish, _Figure, _fmt_group, _is_number, _not_logged
+from mmr1kit.plots.figure import _Figure, _finish, _fmt_group, _is_number, _not_logged
 from mmr1kit.plots.labels import metric_info
 
 GROUP_LABELS = {"count": "true count", "label": "class", "task": "task", "difficulty": "difficulty"}
