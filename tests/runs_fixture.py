@@ -84,9 +84,16 @@ def tiny_run(qwen_path, grounding_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def capsule_run(qwen_path, grounding_dir, tmp_path_factory) -> Path:
-    """`tiny_run`'s set-up with a checkpoint at step 2: capsules of steps 2 and 3, `checkpoints/checkpoint-2`."""
+    """`tiny_run`'s set-up with a checkpoint at step 2: capsules of steps 2 and 3, `checkpoints/checkpoint-2`.
+
+    Sampling adds 5 to the end-of-turn logit (transformers' `sequence_bias`), so the captured batches hold completions
+    of different lengths by construction (1 to 8 tokens), not by the random model's chance: the replay tests need
+    them to tell apart the loss types' length normalisations. The loss itself scores the policy without the bias."""
+    from transformers import AutoTokenizer
+
+    eos = AutoTokenizer.from_pretrained(qwen_path).convert_tokens_to_ids("<|im_end|>")
     return train_run(qwen_path, grounding_dir, tmp_path_factory.mktemp("runs") / "capsules", steps=3,
-                     save_strategy="steps", save_steps=2)
+                     save_strategy="steps", save_steps=2, generation_kwargs={"sequence_bias": [[[eos], 5.0]]})
 
 
 @pytest.fixture(scope="session")
