@@ -13,9 +13,10 @@ the reference. With `r = pi_ref(y) / pi_theta(y) = exp(ref_logp - logp)`:
 | k2   | `0.5 * (logp - ref_logp) ** 2`        | `kimikl`, `kimi`   | KL + O(KL^{3/2}) (biased, >= 0)    |
 | k3   | `r - log r - 1`                       | `k3` (TRL's GRPO)  | KL (unbiased, >= 0, low variance)  |
 
-Differences from MMR1 (see its `src/open_r1/trainer/grpo_trainer_vllm.py`, and `docs/mmr1.md`, known bugs 5 and 10):
-
 Differences from MMR1 (its `src/open_r1/trainer/grpo_trainer_vllm.py`; `docs/mmr1.md`, known bugs 5 and 10):
+
+1. Both spellings of the Kimi names are accepted (`kimikl`/`kimi`, `fullkimi`/`kimifull`); MMR1 crashed on the
+   README's.
 2. `kimi_loss` is Kimi k1.5's sequence-level surrogate with `-A * log pi`, not MMR1's per-token `-A * exp(logp)`.
 3. `exact` is new: the full-distribution KL, computed in vocabulary chunks.
 
