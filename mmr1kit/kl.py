@@ -28,6 +28,7 @@ import contextlib
 import torch
 
 from mmr1kit.advantages import group_advantages  # noqa: F401  (its home is mmr1kit.advantages)
+from mmr1kit.models import peft_base
 
 ESTIMATORS = ("k1", "k2", "k3")
 # MMR1 spellings -> our names. "kimifull" is a loss mode (see `kimi_loss`), "exact" is `exact()`, not estimators.
@@ -311,7 +312,7 @@ def capture_hidden(model, logits_to_keep: int, enabled: bool = True):
     if not enabled:
         yield captured
         return
-    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    model = peft_base(model)
     chunks = []
 
     def hook(_module, _args, output):

@@ -248,6 +248,11 @@ def load_policy(name_or_path, dtype: str | torch.dtype = "auto", **kwargs):
     return AutoModelForImageTextToText.from_pretrained(str(name_or_path), dtype=dtype, **kwargs)
 
 
+def peft_base(model):
+    """The model under a PEFT wrapper (`get_base_model()`), or `model` itself when it is not wrapped."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 VISION_TOWERS = ("visual", "vision_tower", "vision_model")  # Qwen2/2.5-VL, LLaVA, Idefics / SmolVLM
 
 
@@ -255,7 +260,7 @@ def vision_tower(model) -> torch.nn.Module:
     """The vision encoder of a VLM (a PEFT wrapper is looked through): `model.model.visual` for Qwen2/2.5-VL (its
     patch merger included, as EasyR1's `freeze_vision_tower` freezes it), `model.model.vision_tower` for LLaVA (the
     projector is not part of it)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = peft_base(model)
     for holder in (getattr(base, "model", None), base):
         for name in VISION_TOWERS:
             tower = getattr(holder, name, None) if holder is not None else None

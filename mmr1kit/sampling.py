@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mmr1kit.models import peft_base
+
 logger = logging.getLogger(__name__)
 
 # Config / processor attributes that name a vision special token: image_token_id, video_token_id,
@@ -242,8 +244,7 @@ class ProcessedLogprobs:
         self.armed = False
         T = logps.size(1)
         tokens, mask = input_ids[:, -T:], attention_mask[:, -T:]
-        module = self.trainer.accelerator.unwrap_model(model)
-        module = module.get_base_model() if hasattr(module, "get_base_model") else module
+        module = peft_base(self.trainer.accelerator.unwrap_model(model))
         softcap = getattr(module.config.get_text_config(), "final_logit_softcapping", None)
         log_mass, kept, check = log_kept_mass(hidden, module.get_output_embeddings(), tokens, self.filter(), softcap)
         valid = mask.bool()

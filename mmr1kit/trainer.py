@@ -36,7 +36,7 @@ from mmr1kit.guards import NonFiniteGuard, NonFiniteTrainingError
 from mmr1kit.interrupt import raise_if_stopped, stop_on_interrupt
 from mmr1kit.kl import capture_hidden
 from mmr1kit.ledger import LedgerCallback, make_ledger
-from mmr1kit.models import freeze_vision_tower, resolve_model
+from mmr1kit.models import freeze_vision_tower, peft_base, resolve_model
 from mmr1kit.phases import PhaseCallback, PhaseLog
 from mmr1kit.progress import use_text_progress
 from mmr1kit.rounds import round_record
@@ -163,9 +163,7 @@ class MMR1Trainer(VisionCacheMixin, VideoTrainerMixin, GRPOTrainer):
             self.generation_kwargs["temperature"] = temperature
         if getattr(self, "vllm_generation", None) is not None:
             self.vllm_generation.temperature = temperature
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        set_fused_head_temperature(unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped,
-                                   temperature)
+        set_fused_head_temperature(peft_base(self.accelerator.unwrap_model(self.model)), temperature)
         if self.ref_model is not None:
             set_fused_head_temperature(self.accelerator.unwrap_model(self.ref_model), temperature)
         self._metrics["train"]["temperature"].append(temperature)
@@ -271,8 +269,7 @@ class MMR1Trainer(VisionCacheMixin, VideoTrainerMixin, GRPOTrainer):
         """
         prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]
         mm = {k: inputs[k] for k in MULTIMODAL_KEYS if inputs.get(k) is not None}
-        module = self.accelerator.unwrap_model(model)
-        module = module.get_base_model() if hasattr(module, "get_base_model") else module
+        module = peft_base(self.accelerator.unwrap_model(model))
         out = module.base_model(
             input_ids=torch.cat([prompt_ids, completion_ids], dim=1),
             attention_mask=torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1),
@@ -288,8 +285,7 @@ class MMR1Trainer(VisionCacheMixin, VideoTrainerMixin, GRPOTrainer):
         `hidden` `(B, T, H)` comes from the loss's policy forward and `inputs["ref_hidden"]` from the generation
         round's reference forward; either is recomputed when missing (e.g. a PEFT model without a separate reference).
         """
-        module = self.accelerator.unwrap_model(model)
-        module = module.get_base_model() if hasattr(module, "get_base_model") else module
+        module = peft_base(self.accelerator.unwrap_model(model))
         head = module.get_output_embeddings().weight
         if hidden is None:
             with torch.set_grad_enabled(with_grad):
